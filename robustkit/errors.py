@@ -1,0 +1,43 @@
+"""Exception and warning types that robustkit users catch.
+
+Every error robustkit raises on bad input is a :class:`RobustkitError` whose message
+says what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class RobustkitError(Exception):
+    """Base class of every error robustkit raises on purpose."""
+
+
+class InputError(RobustkitError, ValueError):
+    """An argument is malformed: wrong shape, dtype, range, length or option."""
+
+
+class ModelLoadError(RobustkitError):
+    """A model file could not be loaded."""
+
+
+class ModelNotFoundError(ModelLoadError, FileNotFoundError):
+    """The model path does not exist."""
+
+
+class NotAModelError(ModelLoadError):
+    """The file exists but is not a Keras model."""
+
+
+class UnsafeModelError(ModelLoadError):
+    """The model needs unsafe deserialization (e.g. Lambda layers) and it was not allowed."""
+
+
+class ImageReadError(RobustkitError):
+    """An image file is corrupt, truncated or not an image."""
+
+
+class OutputExistsError(RobustkitError):
+    """Writing would overwrite existing results."""
+
+
+class RobustkitWarning(UserWarning):
+    """Warnings robustkit emits, e.g. when logits cannot be recovered from a softmax head."""
