@@ -1,0 +1,74 @@
+"""Taped input gradients: the one place robustkit opens a ``tf.GradientTape`` on inputs.
+
+Attacks step along these gradients, saliency draws them and training regularises them. Every
+function here runs eagerly or inside a ``tf.function``; under an outer tape on the weights the
+results stay differentiable (second order, e.g. the gradient of ||∇x L||² w.r.t. the weights).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from robustkit.losses import LossFunction, get_loss
+from robustkit.models import Classifier
+
+
+class InputGradients(NamedTuple):
+    """Results of one forward + backward pass.
+
+    gradient: d objective / d x, [N, H, W, C]; logits: [N, K]; loss: the per-example objective
+    [N] (the loss, negated for targeted attacks).
+    """
+
+    gradient: tf.Tensor
+    logits: tf.Tensor
+    loss: tf.Tensor
+
+
+def input_gradients(
+    classifier: Classifier,
+    x: tf.Tensor,
+    y: tf.Tensor,
+    *,
+    loss: str | LossFunction = "ce",
+    targeted: bool = False,
+    training: bool = False,
+) -> InputGradients:
+    """Gradient of the per-example objective w.r.t. the pixel-space input x [N, H, W, C].
+
+    The objective is ``loss(logits, y)``, or ``-loss(logits, y)`` when ``targeted`` (y then holds
+    the target classes), so ascending it attacks. ``loss`` is "ce", "margin", "logit", "kl" or a
+    callable ``(logits, y) -> [N]``; y may be any tensor that callable understands. Since each
+    example's objective depends only on its own input, the gradient of the summed objective is the
+    per-example gradient.
+    """
+    loss_function = get_loss(loss)
+    x = tf.convert_to_tensor(x, tf.float32)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(x)
+        logits = classifier.logits(x, training=training)
+        objective = loss_function(logits, y)
+        if targeted:
+            objective = -objective
+    gradient = tape.gradient(objective, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return InputGradients(gradient, logits, objective)
+
+
+def input_gradient_penalty(
+    classifier: Classifier,
+    x: tf.Tensor,
+    y: tf.Tensor,
+    *,
+    loss: str | LossFunction = "ce",
+    training: bool = False,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Per-example squared input-gradient norm ||∇x L||² [N], with the logits and loss.
+
+    Call it under a tape that watches the weights to get the second-order gradient of the
+    penalty w.r.t. the weights (double backpropagation).
+    """
+    result = input_gradients(classifier, x, y, loss=loss, training=training)
+    flat = tf.reshape(result.gradient, (tf.shape(result.gradient)[0], -1))
+    return tf.reduce_sum(tf.square(flat), axis=1), result.logits, result.loss

@@ -1,0 +1,334 @@
+"""`Classifier`: a Keras model or callable seen in pixel space, always returning logits.
+
+Images enter as float32 NHWC tensors inside ``bounds`` (default ``[0, 1]``). Whatever the model
+expects beyond that (×255, mean/std) is applied in-graph by :class:`Preprocessing`, so gradients
+flow through it. A softmax head is unwrapped to its pre-softmax output without cloning the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from robustkit.errors import (
+    InputError,
+    ModelLoadError,
+    ModelNotFoundError,
+    NotAModelError,
+    RobustkitWarning,
+    UnsafeModelError,
+)
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_KINDS = ("auto", "logits", "probabilities")
+PROBABILITY_FLOOR = 1e-30  # keeps log(probabilities) finite
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """In-graph map from pixel space to the model's input: ``((x * scale + offset) - mean) / std``.
+
+    ``mean`` and ``std`` are scalars or per-channel sequences in the scaled units.
+    """
+
+    scale: float = 1.0
+    offset: float = 0.0
+    mean: float | Sequence[float] | None = None
+    std: float | Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.std is not None and np.any(np.asarray(self.std, dtype=np.float64) <= 0):
+            raise InputError(f"Preprocessing std must be positive, got {self.std!r}.")
+        if self.scale == 0:
+            raise InputError("Preprocessing scale must be non-zero.")
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        """Map a pixel-space batch [N, H, W, C] to model-input units."""
+        x = x * self.scale + self.offset
+        if self.mean is not None:
+            x = x - tf.constant(self.mean, dtype=x.dtype)
+        if self.std is not None:
+            x = x / tf.constant(self.std, dtype=x.dtype)
+        return x
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able description."""
+        as_list = lambda v: None if v is None else np.asarray(v, dtype=float).tolist()  # noqa: E731
+        return {
+            "scale": self.scale,
+            "offset": self.offset,
+            "mean": as_list(self.mean),
+            "std": as_list(self.std),
+        }
+
+
+def _is_softmax(activation: Any) -> bool:
+    return getattr(activation, "__name__", None) == "softmax"
+
+
+def _softmax_head(model: Any) -> keras.layers.Layer | None:
+    """The model's final layer if it ends in softmax, else None."""
+    layers = getattr(model, "layers", None)
+    if not layers or not getattr(model, "inputs", None):
+        return None
+    last = layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return last
+    if isinstance(last, (keras.layers.Dense, keras.layers.Activation)) and _is_softmax(
+        getattr(last, "activation", None)
+    ):
+        return last
+    return None
+
+
+def _logits_function(model: Any) -> tuple[Callable[..., tf.Tensor], str]:
+    """A function ``(x, training) -> logits`` sharing the model's weights, and how it was found.
+
+    For a softmax head this is a functional view ending at the head's input (same layers, same
+    variables; no clone), followed by the head's affine part for a softmax Dense.
+    """
+    head = _softmax_head(model)
+    if head is None:
+        return (lambda x, training=False: model(x, training=training)), "model output"
+    features = keras.Model(model.inputs, head.input, name=f"{model.name}_pre_softmax")
+    if isinstance(head, keras.layers.Dense):
+
+        def dense_logits(x: tf.Tensor, training: bool = False) -> tf.Tensor:
+            z = tf.matmul(features(x, training=training), head.kernel)
+            return z + head.bias if head.use_bias else z
+
+        return dense_logits, f"pre-softmax output of Dense layer {head.name!r}"
+    return (
+        lambda x, training=False: features(x, training=training)
+    ), f"input of softmax layer {head.name!r}"
+
+
+def _looks_like_probabilities(outputs: np.ndarray) -> bool:
+    """True when every row is non-negative and sums to 1 (a softmax output, not logits)."""
+    return bool(
+        outputs.shape[-1] > 1
+        and np.all(outputs >= 0)
+        and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-4)
+    )
+
+
+class Classifier:
+    """A classifier in pixel space that always returns logits.
+
+    Args:
+        model: a Keras 3 model (Sequential, functional or subclassed) or a callable mapping a
+            batch [N, H, W, C] in model-input units to [N, K] outputs.
+        bounds: (low, high) of valid pixels, the scale of ``eps`` and step sizes.
+        preprocessing: in-graph map from pixel space to the model's input units.
+        input_shape: (H, W, C); read from the model when omitted.
+        num_classes: K; read from the model (or a probe) when omitted.
+        output: ``"auto"`` detects softmax heads; ``"logits"`` trusts the output;
+            ``"probabilities"`` declares a probability output whose logits cannot be recovered
+            (log-probabilities are used, with a warning: they saturate and can mask gradients).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        preprocessing: Preprocessing | None = None,
+        input_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        output: str = "auto",
+    ) -> None:
+        if not callable(model):
+            raise InputError(f"model must be a Keras model or a callable, got {type(model)!r}.")
+        low, high = (float(b) for b in bounds)
+        if not low < high:
+            raise InputError(f"bounds must satisfy low < high, got {bounds!r}.")
+        if output not in OUTPUT_KINDS:
+            raise InputError(f"output must be one of {OUTPUT_KINDS}, got {output!r}.")
+        self.model = model
+        self.bounds = (low, high)
+        self.preprocessing = preprocessing or Preprocessing()
+        self.input_shape = self._resolve_input_shape(model, input_shape)
+        if output == "probabilities":
+            self._raw_logits, self.logits_source = self._log_probabilities(model)
+        elif output == "logits":
+            self._raw_logits = lambda x, training=False: model(x, training=training)
+            self.logits_source = "model output (declared logits)"
+        else:
+            self._raw_logits, self.logits_source = _logits_function(model)
+        probe = self._probe_outputs()
+        if output == "auto" and _looks_like_probabilities(probe):
+            self._raw_logits, self.logits_source = self._log_probabilities(model)
+        self.num_classes = num_classes or int(probe.shape[-1])
+        logger.debug("Classifier logits from %s", self.logits_source)
+
+    @staticmethod
+    def _resolve_input_shape(model: Any, given: Sequence[int] | None) -> tuple[int, int, int]:
+        shape = given
+        if shape is None:
+            model_shape = getattr(model, "input_shape", None)
+            if isinstance(model_shape, list):
+                raise InputError("The model has several inputs; robustkit needs one image input.")
+            shape = None if model_shape is None else tuple(model_shape[1:])
+        if shape is None or len(shape) != 3 or any(d is None for d in shape):
+            raise InputError(
+                f"Cannot tell the model's image shape (got {shape!r}); pass "
+                "input_shape=(height, width, channels) to Classifier."
+            )
+        return tuple(int(d) for d in shape)  # type: ignore[return-value]
+
+    @staticmethod
+    def _log_probabilities(model: Any) -> tuple[Callable[..., tf.Tensor], str]:
+        warnings.warn(
+            "The model outputs probabilities and its logits cannot be recovered; robustkit uses "
+            "log(probabilities), which saturate and can mask gradients, so attacks may "
+            "overestimate robustness. Pass a model whose last layer outputs logits if you can.",
+            RobustkitWarning,
+            stacklevel=3,
+        )
+
+        def log_probabilities(x: tf.Tensor, training: bool = False) -> tf.Tensor:
+            probabilities = model(x, training=training)
+            return tf.math.log(tf.maximum(probabilities, PROBABILITY_FLOOR))
+
+        return log_probabilities, "log of probability output (logits not recoverable)"
+
+    def _probe_outputs(self) -> np.ndarray:
+        """Outputs [2, K] on two constant images (low bound and mid-range)."""
+        low, high = self.bounds
+        probe = tf.stack(
+            [tf.fill(self.input_shape, low), tf.fill(self.input_shape, (low + high) / 2)]
+        )
+        outputs = self.logits(probe)
+        if outputs.shape.rank != 2:
+            raise InputError(
+                f"The model must output [batch, classes]; it gave shape {tuple(outputs.shape)}."
+            )
+        return outputs.numpy()
+
+    @property
+    def trainable_variables(self) -> list[tf.Variable]:
+        """The wrapped model's trainable variables (empty for a plain callable)."""
+        return list(getattr(self.model, "trainable_variables", []))
+
+    def logits(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Logits [N, K] for a pixel-space batch x [N, H, W, C]; differentiable w.r.t. x."""
+        return self._raw_logits(self.preprocessing(tf.cast(x, tf.float32)), training=training)
+
+    __call__ = logits
+
+    def predict_logits(self, x: np.ndarray | tf.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Logits [N, K] for a pixel-space batch, computed in compiled batches."""
+        x = self.validate_images(x)
+        if not hasattr(self, "_compiled_logits"):
+            signature = [tf.TensorSpec((None, *self.input_shape), tf.float32)]
+            self._compiled_logits = tf.function(self.logits, input_signature=signature)
+        chunks = [
+            self._compiled_logits(x[i : i + batch_size]).numpy()
+            for i in range(0, int(x.shape[0]), batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.num_classes), np.float32)
+
+    def validate_images(self, x: Any, name: str = "x") -> tf.Tensor:
+        """Check a pixel-space batch and return it as a float32 tensor [N, H, W, C].
+
+        Raises InputError on the wrong rank, shape or dtype, non-finite values or values outside
+        ``bounds``.
+        """
+        dtype = getattr(x, "dtype", None)
+        if dtype is None or not (
+            np.issubdtype(np.dtype(getattr(dtype, "as_numpy_dtype", dtype)), np.floating)
+        ):
+            raise InputError(
+                f"{name} must be a float array in bounds {self.bounds}, got dtype {dtype}. "
+                "Convert 8-bit images with x.astype('float32') / 255."
+            )
+        x = tf.convert_to_tensor(x, dtype=tf.float32)
+        if tuple(x.shape[1:]) != self.input_shape or x.shape.rank != 4:
+            raise InputError(
+                f"{name} must have shape [N, {', '.join(map(str, self.input_shape))}] (NHWC), "
+                f"got {tuple(x.shape)}."
+            )
+        low, high = self.bounds
+        values = x.numpy() if tf.executing_eagerly() else None
+        if values is not None and values.size:
+            if not np.all(np.isfinite(values)):
+                raise InputError(f"{name} contains NaN or Inf values.")
+            if values.min() < low or values.max() > high:
+                raise InputError(
+                    f"{name} has values in [{values.min():g}, {values.max():g}], outside the "
+                    f"classifier bounds [{low:g}, {high:g}]. Rescale the images, or set "
+                    "bounds= and preprocessing= on the Classifier."
+                )
+        return x
+
+    def validate_labels(self, y: Any, n: int, name: str = "y") -> tf.Tensor:
+        """Check class indices [n] and return them as an int32 tensor."""
+        labels = np.asarray(y)
+        if labels.ndim != 1 or labels.shape[0] != n:
+            raise InputError(f"{name} must be a vector of {n} class indices, got {labels.shape}.")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(f"{name} must hold integer class indices, got dtype {labels.dtype}.")
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise InputError(
+                f"{name} holds classes in [{labels.min()}, {labels.max()}] but the model has "
+                f"{self.num_classes} classes (0..{self.num_classes - 1})."
+            )
+        return tf.convert_to_tensor(labels, dtype=tf.int32)
+
+
+def load_classifier(
+    path: str | os.PathLike[str],
+    *,
+    safe_mode: bool = True,
+    custom_objects: dict[str, Any] | None = None,
+    **classifier_options: Any,
+) -> Classifier:
+    """Load a ``.keras`` or ``.h5`` model file as a :class:`Classifier`.
+
+    ``safe_mode`` stays on unless the caller explicitly turns it off; ``classifier_options`` go
+    to :class:`Classifier` (bounds, preprocessing, output, ...).
+
+    Raises:
+        ModelNotFoundError: the path does not exist.
+        NotAModelError: the file is not a Keras model.
+        UnsafeModelError: the model needs unsafe deserialization (e.g. Lambda layers).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelNotFoundError(f"Model file not found: {path!r}. Check the path.")
+    if os.path.isdir(path):
+        raise NotAModelError(
+            f"{path!r} is a directory. robustkit loads .keras or .h5 files; a TF SavedModel "
+            "folder must first be re-saved with model.save('model.keras')."
+        )
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".keras", ".h5", ".hdf5"):
+        raise NotAModelError(f"{path!r} is not a .keras or .h5 file.")
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise NotAModelError(f"{path!r} is not a Keras model archive (not a valid .keras zip).")
+    try:
+        model = keras.models.load_model(
+            path, safe_mode=safe_mode, custom_objects=custom_objects, compile=False
+        )
+    except Exception as error:  # Keras raises many types; translate the known ones
+        message = str(error)
+        if "unsafe" in message.lower() or "safe_mode" in message:
+            raise UnsafeModelError(
+                f"{path!r} contains code (e.g. a Lambda layer) that Keras will only load with "
+                "safe mode off. Only do that for a file you trust: pass safe_mode=False "
+                "(CLI: --unsafe-load)."
+            ) from error
+        if isinstance(error, (OSError, ValueError)) and "signature" in message.lower():
+            raise NotAModelError(f"{path!r} is not a Keras model file: {message}") from error
+        raise ModelLoadError(f"Could not load {path!r}: {message}") from error
+    return Classifier(model, **classifier_options)
