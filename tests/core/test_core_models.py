@@ -1,0 +1,149 @@
+"""Classifier: logits recovery, preprocessing in pixel space, safe loading, input checks."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from core_helpers import small_cnn
+
+from robustkit import (
+    InputError,
+    ModelNotFoundError,
+    NotAModelError,
+    RobustkitWarning,
+    UnsafeModelError,
+)
+from robustkit.attacks import PGD
+from robustkit.models import Classifier, Preprocessing, load_classifier
+
+RNG = np.random.default_rng(0)
+X = RNG.random((6, 8, 8, 1), dtype=np.float32)
+
+
+def softmax_variants(logits_model: keras.Model) -> dict[str, keras.Model]:
+    """Models sharing logits_model's layers but ending in softmax in three different ways."""
+    inputs = keras.Input((8, 8, 1))
+    features = inputs
+    for layer in logits_model.layers[:-1]:
+        features = layer(features)
+    head = logits_model.layers[-1]
+    dense_softmax = keras.layers.Dense(head.units, activation="softmax")
+    out = dense_softmax(features)
+    dense_softmax.set_weights(head.get_weights())
+    return {
+        "dense-softmax": keras.Model(inputs, out),
+        "activation": keras.Sequential([logits_model, keras.layers.Activation("softmax")]),
+        "softmax-layer": keras.Model(inputs, keras.layers.Softmax()(head(features))),
+    }
+
+
+@pytest.mark.parametrize("variant", ["dense-softmax", "activation", "softmax-layer"])
+def test_softmax_head_gives_logits_and_same_adversarials(variant: str) -> None:
+    logits_model = small_cnn(seed=1)
+    twin = Classifier(logits_model)
+    wrapped = Classifier(softmax_variants(logits_model)[variant])
+    np.testing.assert_allclose(wrapped.predict_logits(X), twin.predict_logits(X), atol=1e-5)
+    attack = PGD("linf", 0.2, steps=5, seed=3)
+    np.testing.assert_array_equal(attack(wrapped, X).x_adv, attack(twin, X).x_adv)
+
+
+def test_probability_output_without_logits_warns_once() -> None:
+    class Probabilities(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x: tf.Tensor) -> tf.Tensor:
+            return tf.nn.softmax(self.dense(tf.reshape(x, (-1, 64))))
+
+    model = Probabilities()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        classifier = Classifier(model, input_shape=(8, 8, 1))
+        classifier.predict_logits(X)
+    assert [w.category for w in caught] == [RobustkitWarning]
+    assert "log" in classifier.logits_source
+    expected = np.log(model(X).numpy())
+    np.testing.assert_allclose(classifier.predict_logits(X), expected, atol=1e-5)
+
+
+def test_rescaling_layer_equals_preprocessing_scale() -> None:
+    keras.utils.set_random_seed(4)
+    core = small_cnn(seed=4)
+    with_layer = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(255.0), core])
+    in_pixels = Classifier(with_layer)
+    preprocessed = Classifier(core, preprocessing=Preprocessing(scale=255.0))
+    attack = PGD("linf", 0.05, steps=4, seed=1)
+    a, b = attack(in_pixels, X), attack(preprocessed, X)
+    np.testing.assert_allclose(a.x_adv, b.x_adv, atol=1e-6)
+    np.testing.assert_array_equal(a.success, b.success)
+
+
+def test_normalization_layer_equals_mean_std() -> None:
+    mean, std = 0.3, 0.2
+    core = small_cnn(seed=5)
+    norm_layer = keras.layers.Normalization(mean=mean, variance=std**2)
+    with_layer = keras.Sequential([keras.Input((8, 8, 1)), norm_layer, core])
+    attack = PGD("l2", 0.5, steps=4, seed=2)
+    a = attack(Classifier(with_layer), X)
+    b = attack(Classifier(core, preprocessing=Preprocessing(mean=[mean], std=[std])), X)
+    np.testing.assert_allclose(a.x_adv, b.x_adv, atol=1e-5)
+    np.testing.assert_allclose(a.linf, b.linf, atol=1e-5)
+
+
+def test_bad_images_and_labels_raise_input_error() -> None:
+    classifier = Classifier(small_cnn())
+    with pytest.raises(InputError, match="shape"):
+        classifier.validate_images(np.zeros((2, 8, 8, 3), np.float32))
+    with pytest.raises(InputError, match="dtype"):
+        classifier.validate_images(np.zeros((2, 8, 8, 1), np.uint8))
+    with pytest.raises(InputError, match="outside"):
+        classifier.validate_images(np.full((2, 8, 8, 1), 1.5, np.float32))
+    with pytest.raises(InputError, match="NaN"):
+        classifier.validate_images(np.full((2, 8, 8, 1), np.nan, np.float32))
+    with pytest.raises(InputError, match="3 class indices"):
+        classifier.validate_labels([0, 1], 3)
+    with pytest.raises(InputError, match="classes"):
+        classifier.validate_labels([0, 9, 1], 3)
+    with pytest.raises(InputError, match="bounds"):
+        Classifier(small_cnn(), bounds=(1.0, 0.0))
+    with pytest.raises(InputError, match="std"):
+        Preprocessing(std=0.0)
+
+
+def test_load_classifier_errors_and_safe_mode(tmp_path) -> None:
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        load_classifier(tmp_path / "missing.keras")
+    fake = tmp_path / "fake.keras"
+    fake.write_text("not a model")
+    with pytest.raises(NotAModelError):
+        load_classifier(fake)
+    with pytest.raises(NotAModelError):
+        load_classifier(tmp_path)
+
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Lambda(lambda t: t * 2.0), small_cnn()]
+    )
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(UnsafeModelError, match="unsafe-load"):
+        load_classifier(path)
+    loaded = load_classifier(path, safe_mode=False)
+    np.testing.assert_allclose(loaded.predict_logits(X), model(X).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_load_classifier_round_trip(tmp_path, suffix: str) -> None:
+    model = small_cnn(seed=7, head="softmax")
+    path = tmp_path / f"model{suffix}"
+    model.save(path)
+    loaded = load_classifier(path)
+    assert loaded.num_classes == 4 and loaded.input_shape == (8, 8, 1)
+    assert "pre-softmax" in loaded.logits_source
+    expected = np.log(model(X).numpy())
+    logits = loaded.predict_logits(X)
+    np.testing.assert_allclose(
+        logits - logits.max(1, keepdims=True), expected - expected.max(1, keepdims=True), atol=1e-4
+    )
