@@ -1,0 +1,1 @@
+"""The ``robustkit`` command line (installed as the package ``robustkit_cli``)."""
