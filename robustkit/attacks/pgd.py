@@ -235,11 +235,16 @@ class PGD:
                 tf.TensorShape([None]),
                 state_shapes,
             ),
+            parallel_iterations=1,  # iterations are sequential; overlap only contends for cores
         )
-        logits = classifier.logits(x_now)
-        loss = self._loss_function(logits, labels_now)
-        state, _ = judge(state, index, x_now, logits, -loss if targeted else loss, labels_now)
-        return state
+
+        def judge_last_iterate() -> SearchState:
+            logits = classifier.logits(x_now)
+            loss = self._loss_function(logits, labels_now)
+            return judge(state, index, x_now, logits, -loss if targeted else loss, labels_now)[0]
+
+        # Some kernels reject empty batches, so an empty active set skips the forward pass.
+        return tf.cond(tf.size(index) > 0, judge_last_iterate, lambda: state)
 
     def run(
         self,
