@@ -7,10 +7,14 @@ results stay differentiable (second order, e.g. the gradient of ||∇x L||² w.r
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import contextlib
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
+import keras
 import tensorflow as tf
 
+from robustkit.errors import InputError
 from robustkit.losses import LossFunction, get_loss
 from robustkit.models import Classifier
 
@@ -72,3 +76,73 @@ def input_gradient_penalty(
     result = input_gradients(classifier, x, y, loss=loss, training=training)
     flat = tf.reshape(result.gradient, (tf.shape(result.gradient)[0], -1))
     return tf.reduce_sum(tf.square(flat), axis=1), result.logits, result.loss
+
+
+class ActivationGradients(NamedTuple):
+    """Results of one forward + backward pass through an inner layer.
+
+    activation: that layer's output [N, ...]; gradient: d objective / d activation, same shape;
+    logits: [N, K]; loss: the per-example objective [N] (negated when targeted).
+    """
+
+    activation: tf.Tensor
+    gradient: tf.Tensor
+    logits: tf.Tensor
+    loss: tf.Tensor
+
+
+@contextlib.contextmanager
+def _watch_layer_output(
+    layer: keras.layers.Layer, tape: tf.GradientTape, outputs: list[tf.Tensor]
+) -> Iterator[None]:
+    """While open, each call of ``layer`` appends its output to ``outputs`` and the tape watches
+    it. The layer's own ``call`` is restored on exit, so the model is left as it was."""
+    original_call = layer.call
+
+    def watched_call(*args: Any, **kwargs: Any) -> Any:
+        output = original_call(*args, **kwargs)
+        tape.watch(output)
+        outputs.append(output)
+        return output
+
+    layer.call = watched_call
+    try:
+        yield
+    finally:
+        del layer.call
+
+
+def activation_gradients(
+    classifier: Classifier,
+    x: tf.Tensor,
+    y: tf.Tensor,
+    layer: keras.layers.Layer,
+    *,
+    loss: str | LossFunction = "ce",
+    targeted: bool = False,
+    training: bool = False,
+) -> ActivationGradients:
+    """Gradient of the per-example objective w.r.t. the output of ``layer`` (e.g. for Grad-CAM).
+
+    ``layer`` is any Keras layer the classifier's forward pass calls exactly once, at any depth
+    (Sequential, functional, nested or subclassed models): its output is taken from inside the
+    ordinary forward pass, so no sub-model is built. Objective as in :func:`input_gradients`.
+    """
+    loss_function = get_loss(loss)
+    x = tf.convert_to_tensor(x, tf.float32)
+    outputs: list[tf.Tensor] = []
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        with _watch_layer_output(layer, tape, outputs):
+            logits = classifier.logits(x, training=training)
+        objective = loss_function(logits, y)
+        if targeted:
+            objective = -objective
+    if len(outputs) != 1:
+        raise InputError(
+            f"Layer {layer.name!r} ran {len(outputs)} times in one forward pass; gradients "
+            "w.r.t. its output need a layer that runs exactly once. Choose another layer."
+        )
+    gradient = tape.gradient(
+        objective, outputs[0], unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    return ActivationGradients(outputs[0], gradient, logits, objective)

@@ -1,0 +1,203 @@
+"""The shared machinery of every attribution method: targets, objectives, chunked loops, caching.
+
+All per-point work (steps × samples × images) runs in :func:`sum_over_points`: one
+``tf.while_loop`` over chunks of ``chunk_size`` points, so memory is bounded by the chunk size and
+not by the number of steps or samples. A point's result depends only on which image and which
+step or sample it is, never on how the points are grouped into chunks.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from robustkit.errors import InputError
+from robustkit.losses import LossFunction, class_logit
+from robustkit.models import Classifier
+
+PREDICTED = -1  # target code: explain the class the model predicts
+DEFAULT_INTERNAL_BATCH_SIZE = 64
+NOISE_BLOCK_ROWS = 16  # rows drawn per random call; fixed, so draws do not depend on chunking
+
+
+def target_probability(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """Softmax probability of class y [N]."""
+    return class_logit(tf.nn.softmax(logits), y)
+
+
+def target_log_probability(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """Log-softmax of class y [N] (nats), computed stably from logits."""
+    return class_logit(tf.nn.log_softmax(logits), y)
+
+
+OBJECTIVES: dict[str, LossFunction] = {
+    "logit": class_logit,
+    "probability": target_probability,
+    "log_probability": target_log_probability,
+}
+
+
+def get_objective(objective: str | LossFunction) -> LossFunction:
+    """The function ``(logits [N, K], target [N]) -> [N]`` a map explains."""
+    if callable(objective):
+        return objective
+    if objective not in OBJECTIVES:
+        raise InputError(
+            f"Unknown objective {objective!r}; use one of {sorted(OBJECTIVES)} or a callable "
+            "(logits, target) -> [N]."
+        )
+    return OBJECTIVES[objective]
+
+
+def objective_name(objective: str | LossFunction) -> str:
+    """A JSON-able name for an objective."""
+    return objective if isinstance(objective, str) else getattr(objective, "__name__", "callable")
+
+
+def check_classifier(classifier: Any) -> Classifier:
+    if not isinstance(classifier, Classifier):
+        raise InputError("Pass a robustkit Classifier: wrap your model as Classifier(model).")
+    return classifier
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an int >= 1, or InputError."""
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}.")
+    return int(value)
+
+
+def resolve_targets(classifier: Classifier, target: Any, n: int) -> tf.Tensor:
+    """Target codes int32 [n]: class indices, or :data:`PREDICTED` for the predicted class.
+
+    ``target`` is None or "predicted" (the model's own prediction), one class index for all
+    images, or class indices [n] (for example the true labels).
+    """
+    if target is None or (isinstance(target, str) and target == "predicted"):
+        return tf.fill((n,), PREDICTED)
+    if isinstance(target, str):
+        raise InputError(
+            f"Unknown target {target!r}; give 'predicted', a class index or class indices [N]."
+        )
+    values = np.asarray(target)
+    if values.ndim == 0:
+        values = np.full((n,), values)
+    return classifier.validate_labels(values, n, name="target")
+
+
+def prepare_inputs(
+    classifier: Any, x: Any, target: Any, internal_batch_size: Any
+) -> tuple[Classifier, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Checked classifier, images, target codes and chunk size."""
+    classifier = check_classifier(classifier)
+    x = classifier.validate_images(x)
+    if int(x.shape[0]) == 0:
+        raise InputError("x holds no images.")
+    targets = resolve_targets(classifier, target, int(x.shape[0]))
+    chunk = positive_int(internal_batch_size, "internal_batch_size")
+    return classifier, x, targets, tf.constant(chunk, tf.int32)
+
+
+def fill_predicted(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Replace :data:`PREDICTED` codes by the argmax of the logits [N, K]."""
+    predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return tf.where(targets == PREDICTED, predicted, targets)
+
+
+def sum_over_points(
+    num_images: tf.Tensor,
+    points_per_image: tf.Tensor | int,
+    chunk_size: tf.Tensor,
+    contributions: Callable[[tf.Tensor, tf.Tensor], Sequence[tf.Tensor]],
+    accumulators: Sequence[tf.Tensor],
+) -> tuple[tf.Tensor, ...]:
+    """Per-image sums over points, computed ``chunk_size`` points at a time.
+
+    Points are numbered t = i * M + j for image i < N and point j < M. Each chunk calls
+    ``contributions(image_index [B], point_index [B])``, which returns one [B, ...] tensor per
+    accumulator; rows are added to the accumulators [N, ...] at their image. Chunking changes
+    only the float rounding of these sums. One chunk runs at a time (``parallel_iterations=1``),
+    so peak memory is that of one chunk.
+    """
+    total = num_images * points_per_image
+
+    def body(start: tf.Tensor, sums: tuple[tf.Tensor, ...]) -> tuple[Any, ...]:
+        point = tf.range(start, tf.minimum(start + chunk_size, total))
+        image_index = point // points_per_image
+        parts = contributions(image_index, point % points_per_image)
+        rows = image_index[:, None]
+        sums = tuple(
+            tf.tensor_scatter_nd_add(s, rows, tf.cast(p, s.dtype))
+            for s, p in zip(sums, parts, strict=True)
+        )
+        return start + chunk_size, sums
+
+    _, sums = tf.while_loop(
+        lambda start, _: start < total,
+        body,
+        (tf.constant(0), tuple(accumulators)),
+        parallel_iterations=1,
+    )
+    return sums
+
+
+def chunked_logits(classifier: Classifier, x: tf.Tensor, chunk_size: tf.Tensor) -> tf.Tensor:
+    """Logits [N, K] of x [N, H, W, C], ``chunk_size`` images per forward pass."""
+    n = tf.shape(x)[0]
+    (logits,) = sum_over_points(
+        n,
+        1,
+        chunk_size,
+        lambda image_index, _: (classifier.logits(tf.gather(x, image_index)),),
+        (tf.zeros((n, classifier.num_classes)),),
+    )
+    return logits
+
+
+def random_rows(
+    row_index: tf.Tensor,
+    shape: Sequence[int],
+    seed: tf.Tensor,
+    draw: Callable[[Sequence[int], tf.Tensor], tf.Tensor],
+) -> tf.Tensor:
+    """Random rows [B, *shape] for consecutive row numbers ``row_index`` [B].
+
+    Row r is fixed by ``seed`` and r alone: rows are drawn in blocks of
+    :data:`NOISE_BLOCK_ROWS` with the stateless seed (seed, block), so the same row has the
+    same bytes whichever rows are drawn with it. ``draw(shape, seed)`` is a stateless sampler
+    such as ``tf.random.stateless_normal``.
+    """
+    block_rows = NOISE_BLOCK_ROWS
+    first_block = row_index[0] // block_rows
+    blocks = tf.range(first_block, row_index[-1] // block_rows + 1)
+    drawn = tf.map_fn(
+        lambda block: draw((block_rows, *shape), tf.stack([seed, tf.cast(block, seed.dtype)])),
+        blocks,
+        fn_output_signature=tf.float32,
+    )
+    drawn = tf.reshape(drawn, (-1, *shape))
+    return tf.gather(drawn, row_index - first_block * block_rows)
+
+
+class CompiledCache:
+    """Compiled functions per classifier and key, dropped with the classifier."""
+
+    def __init__(self) -> None:
+        self._functions: weakref.WeakKeyDictionary[Classifier, dict[Any, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self, classifier: Classifier, key: Any, build: Callable[[], Any]) -> Any:
+        functions = self._functions.setdefault(classifier, {})
+        if key not in functions:
+            functions[key] = build()
+        return functions[key]
+
+
+def image_spec(classifier: Classifier) -> tf.TensorSpec:
+    """Input signature of a batch of images of any size."""
+    return tf.TensorSpec((None, *classifier.input_shape), tf.float32)

@@ -1,0 +1,162 @@
+"""Grad-CAM (Selvaraju et al. 2017): class activation maps from an inner convolutional layer.
+
+The gradient w.r.t. the layer's activations comes from
+:func:`robustkit.gradients.activation_gradients`, which takes the activations from inside the
+ordinary forward pass, so any model structure works: Sequential, functional, nested models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from robustkit.errors import InputError
+from robustkit.gradients import activation_gradients
+from robustkit.losses import LossFunction
+from robustkit.models import Classifier
+from robustkit.saliency.attribution import Attribution
+from robustkit.saliency.engine import (
+    DEFAULT_INTERNAL_BATCH_SIZE,
+    CompiledCache,
+    check_classifier,
+    chunked_logits,
+    fill_predicted,
+    get_objective,
+    image_spec,
+    objective_name,
+    prepare_inputs,
+    sum_over_points,
+)
+
+CONV_LAYER_TYPES = (
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+    keras.layers.Conv2DTranspose,
+)
+
+_compiled = CompiledCache()
+
+
+def all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer of a model in order, descending into nested models (yielded before their
+    own layers)."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
+
+
+def find_layer(
+    classifier: Classifier, layer: str | keras.layers.Layer | None
+) -> keras.layers.Layer:
+    """The layer Grad-CAM reads: the given layer or name, else the last 2-D convolution."""
+    model = classifier.model
+    if not isinstance(model, keras.Model):
+        raise InputError("Grad-CAM needs a Keras model inside the Classifier, not a callable.")
+    if isinstance(layer, keras.layers.Layer):
+        return layer
+    layers = list(all_layers(model))
+    if layer is None:
+        convolutions = [
+            candidate for candidate in layers if isinstance(candidate, CONV_LAYER_TYPES)
+        ]
+        if not convolutions:
+            raise InputError(
+                f"Model {model.name!r} has no 2-D convolution layer; pass layer= with the name "
+                "of a layer whose output is [N, height, width, channels]."
+            )
+        return convolutions[-1]
+    matches = [candidate for candidate in layers if candidate.name == layer]
+    if len(matches) != 1:
+        names = ", ".join(candidate.name for candidate in layers)
+        problem = "no layer" if not matches else f"{len(matches)} layers"
+        raise InputError(f"Model {model.name!r} has {problem} named {layer!r}; layers: {names}.")
+    return matches[0]
+
+
+def _cam_function(
+    classifier: Classifier, layer: keras.layers.Layer, objective: LossFunction
+) -> Any:
+    """Compiled ``(x, targets, chunk)`` -> (logits, targets, f(x), maps [N, H, W, 1])."""
+    height, width, _ = classifier.input_shape
+
+    def run(x, targets, chunk):
+        logits = chunked_logits(classifier, x, chunk)
+        targets = fill_predicted(targets, logits)
+
+        def contributions(image_index, _):
+            result = activation_gradients(
+                classifier,
+                tf.gather(x, image_index),
+                tf.gather(targets, image_index),
+                layer,
+                loss=objective,
+            )
+            if result.activation.shape.rank != 4:
+                raise InputError(
+                    f"Layer {layer.name!r} outputs shape {tuple(result.activation.shape)}; "
+                    "Grad-CAM needs [N, height, width, channels]. Choose a convolutional layer."
+                )
+            channel_weights = tf.reduce_mean(result.gradient, axis=(1, 2), keepdims=True)
+            cam = tf.nn.relu(tf.reduce_sum(channel_weights * result.activation, -1, keepdims=True))
+            return (tf.image.resize(cam, (height, width), method="bilinear"),)
+
+        n = tf.shape(x)[0]
+        (maps,) = sum_over_points(n, 1, chunk, contributions, (tf.zeros((n, height, width, 1)),))
+        return logits, targets, objective(logits, targets), maps
+
+    signature = [
+        image_spec(classifier),
+        tf.TensorSpec((None,), tf.int32),
+        tf.TensorSpec((), tf.int32),
+    ]
+    return tf.function(run, input_signature=signature)
+
+
+def grad_cam(
+    classifier: Classifier,
+    x: Any,
+    target: Any = None,
+    *,
+    layer: str | keras.layers.Layer | None = None,
+    objective: str | LossFunction = "logit",
+    internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
+) -> Attribution:
+    """Grad-CAM maps: ReLU(sum_k w_k A_k) with w_k the spatial mean of d f / d A_k, upsampled
+    bilinearly to the image size.
+
+    Args:
+        layer: a layer name or layer (at any depth of nested models); default the last 2-D
+            convolution of the model.
+        target, objective, internal_batch_size: as for :func:`~robustkit.saliency.gradient`.
+
+    Returns:
+        An :class:`Attribution` with maps [N, H, W, 1] (>= 0, objective units per activation
+        unit), the chosen layer's name in ``options["layer"]``.
+    """
+    classifier = check_classifier(classifier)
+    chosen = find_layer(classifier, layer)
+    classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
+    function = _compiled.get(
+        classifier,
+        (chosen, objective),
+        lambda: _cam_function(classifier, chosen, get_objective(objective)),
+    )
+    logits, targets, score, maps = (r.numpy() for r in function(x, targets, chunk))
+    return Attribution(
+        maps=maps,
+        target=targets.astype(np.int64),
+        predicted=np.argmax(logits, axis=-1),
+        method="grad_cam",
+        options={
+            "layer": chosen.name,
+            "objective": objective_name(objective),
+            "internal_batch_size": int(chunk),
+        },
+        score=score,
+    )
