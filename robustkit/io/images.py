@@ -275,18 +275,21 @@ class ImageFolder:
         self.num_classes = num_classes
         excluded = [p for p in (labels, class_names) if p is not None]
         self.root, relatives, self.skipped = scan_image_files(source, exclude=excluded)
+        if self.strict and self.skipped:
+            first = self.skipped[0]
+            raise ImageReadError(f"{self.root / first.relative}: {first.reason} (strict mode).")
         self.class_names = None if class_names is None else read_class_names(class_names)
         label_of, self.label_source = self._resolve_labels(relatives, labels, folder_labels)
         self.entries: list[ImageEntry] = []
         for relative in relatives:
             if self.label_source != "none" and relative not in label_of:
-                self.skipped.append(SkippedFile(relative, f"no label in {Path(labels).name}"))
+                reason = f"no label in {Path(labels).name}"
+                if self.strict:
+                    raise InputError(f"{self.root / relative}: {reason} (strict mode).")
+                self.skipped.append(SkippedFile(relative, reason))
                 continue
             self.entries.append(ImageEntry(relative, self.root / relative, label_of.get(relative)))
         self.skipped.sort(key=lambda skip: skip.relative)
-        if self.strict and self.skipped:
-            first = self.skipped[0]
-            raise ImageReadError(f"{self.root / first.relative}: {first.reason} (strict mode).")
         if not self.entries:
             raise InputError(
                 f"No images to read in {source}: searched recursively for "
