@@ -24,6 +24,7 @@ VIEWS = ("sequential", "diverging")
 DEFAULT_COLORMAPS = {"sequential": "fire", "diverging": "bkr"}
 DEFAULT_REDUCTIONS = {"sequential": "abs-sum", "diverging": "sum"}
 PANEL_GAP = 2  # white pixels between the tiles of a panel
+OVERLAY_BRIGHTNESS = 0.5  # the image under an overlay is grey and dimmed so colours stand out
 
 
 def reduce_channels(maps: Any, reduction: str = "abs-sum") -> np.ndarray:
@@ -174,12 +175,14 @@ def _image_codes(image: Any, bounds: tuple[float, float]) -> np.ndarray:
 def _blend(
     image_codes: np.ndarray, heat: np.ndarray, strength: np.ndarray, alpha: float
 ) -> np.ndarray:
+    """Heat colours mixed over the image's dimmed grey (ITU-R BT.601 luma) by alpha × strength."""
     if image_codes.shape[:2] != heat.shape[:2]:
         raise InputError(
             f"The image is {image_codes.shape[:2]} but the map is {heat.shape[:2]} (H, W)."
         )
+    grey = OVERLAY_BRIGHTNESS * (image_codes @ np.array([0.299, 0.587, 0.114]))[..., None]
     weight = float(alpha) * strength[..., None]
-    mixed = (1.0 - weight) * image_codes + weight * heat
+    mixed = (1.0 - weight) * grey + weight * heat
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
@@ -198,8 +201,9 @@ def overlay(
 ) -> Image.Image:
     """The heatmap blended over the image, as an RGB Pillow image.
 
-    Each pixel mixes in the heatmap colour with weight ``alpha`` × its display strength (0 for
-    zero saliency), so unimportant pixels show the image unchanged. ``image`` is float
+    The image is shown in grey at :data:`OVERLAY_BRIGHTNESS`; each pixel mixes in the heatmap
+    colour with weight ``alpha`` × its display strength (0 for zero saliency), so unimportant
+    pixels show just the dimmed image. ``image`` is float
     [H, W, C] in ``bounds``, uint8 [H, W, C] or a Pillow image; other arguments as for
     :func:`heatmap`.
     """
