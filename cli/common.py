@@ -273,12 +273,14 @@ def load_model(
     path: str, *, unsafe_load: bool, input_scale: float, mean: Any, std: Any, console: Console
 ) -> Any:
     """The model file as a robustkit Classifier on [0, 1] pixels with in-graph preprocessing."""
-    from robustkit.models import Preprocessing, load_classifier
+    from robustkit.models import Classifier, Preprocessing, load_classifier
 
     if unsafe_load:
         console.warn("unsafe loading is on: the model file may run code. Only use trusted files.")
-    preprocessing = Preprocessing(scale=input_scale, mean=mean, std=std)
-    classifier = load_classifier(path, safe_mode=not unsafe_load, preprocessing=preprocessing)
+    scaled = Preprocessing(scale=input_scale)
+    classifier = load_classifier(path, safe_mode=not unsafe_load, preprocessing=scaled)
+    if mean is None and std is None:
+        return classifier
     channels = classifier.input_shape[-1]
     for name, values in (("--mean", mean), ("--std", std)):
         if values is not None and len(values) not in (1, channels):
@@ -286,7 +288,8 @@ def load_model(
                 f"{name} has {len(values)} values but the model has {channels} channels; "
                 f"give 1 or {channels}."
             )
-    return classifier
+    preprocessing = Preprocessing(scale=input_scale, mean=mean, std=std)
+    return Classifier(classifier.model, bounds=classifier.bounds, preprocessing=preprocessing)
 
 
 def open_images(

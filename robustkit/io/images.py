@@ -278,6 +278,12 @@ class ImageFolder:
         if self.strict and self.skipped:
             first = self.skipped[0]
             raise ImageReadError(f"{self.root / first.relative}: {first.reason} (strict mode).")
+        if not relatives:
+            raise InputError(
+                f"No images to read in {source}: searched recursively for "
+                f"{', '.join(IMAGE_EXTENSIONS)} files"
+                + (f"; {len(self.skipped)} other files were skipped." if self.skipped else ".")
+            )
         self.class_names = None if class_names is None else read_class_names(class_names)
         label_of, self.label_source = self._resolve_labels(relatives, labels, folder_labels)
         self.entries: list[ImageEntry] = []
@@ -291,11 +297,7 @@ class ImageFolder:
             self.entries.append(ImageEntry(relative, self.root / relative, label_of.get(relative)))
         self.skipped.sort(key=lambda skip: skip.relative)
         if not self.entries:
-            raise InputError(
-                f"No images to read in {source}: searched recursively for "
-                f"{', '.join(IMAGE_EXTENSIONS)} files"
-                + (f"; {len(self.skipped)} other files were skipped." if self.skipped else ".")
-            )
+            raise InputError(f"None of the images in {source} has a label in {labels}.")
 
     def _resolve_labels(
         self,
