@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +11,8 @@ import numpy as np
 from robustkit_cli.common import (
     NUMBER,
     Console,
+    FolderRun,
     check_output_folder,
-    class_names_of,
     environment_versions,
     handle_errors,
     image_options,
@@ -23,23 +21,18 @@ from robustkit_cli.common import (
     open_images,
     output_options,
     parse_class,
-    plan_outputs,
-    refuse_overwrite,
     refuse_overwriting_inputs,
-    summarize_notes,
+    resume_or_start,
+    skip_row,
 )
 
 from robustkit.attacks import FGSM, PGD, AttackResult
-from robustkit.errors import OutputExistsError
 from robustkit.io import (
     ImageBatch,
     ImageFolder,
-    RunJournal,
     from_uint8,
     perturbation_codes,
     read_image,
-    remove_temp_files,
-    to_jsonable,
     to_uint8,
     write_csv,
     write_json,
@@ -113,8 +106,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-class AttackRun:
-    """One attack over an image folder: batches, exact PNG output, journal, report rows."""
+class AttackRun(FolderRun):
+    """One attack over an image folder: exact 8-bit PNGs checked on disk, report rows."""
+
+    journal_name = JOURNAL
+    report_names = (REPORT_JSON, REPORT_CSV)
+    progress_label = "attacking"
 
     def __init__(
         self,
@@ -128,30 +125,19 @@ class AttackRun:
         batch_size: int,
         console: Console,
     ) -> None:
+        suffixes = [".png", ".perturbation.png"] if save_perturbation else [".png"]
+        super().__init__(folder, out, suffixes=suffixes, batch_size=batch_size, console=console)
         self.classifier = classifier
         self.attack = attack
-        self.folder = folder
-        self.out = out
         self.target = target
-        self.batch_size = batch_size
-        self.console = console
-        self.names = class_names_of(folder)
-        suffixes = [".png", ".perturbation.png"] if save_perturbation else [".png"]
-        self.plan = plan_outputs([entry.relative for entry in folder.entries], suffixes)
-        self.journal = RunJournal(out / JOURNAL)
         self.gradient_steps = 0
-
-    def output_files(self) -> list[Path]:
-        """Every file this run writes: images, perturbations, reports."""
-        files = [self.out / name for outputs in self.plan.values() for name in outputs]
-        return [*files, self.out / REPORT_JSON, self.out / REPORT_CSV]
 
     def _target_for(self, n: int) -> Any:
         if isinstance(self.target, int):
             return np.full((n,), self.target, dtype=np.int64)
         return self.target
 
-    def attack_batch(self, batch: ImageBatch) -> list[dict[str, Any]]:
+    def process_batch(self, batch: ImageBatch) -> list[dict[str, Any]]:
         """Attack one batch, write its PNGs, re-read them and judge the saved pixels."""
         x = batch.pixels()
         result: AttackResult = self.attack(
@@ -203,45 +189,6 @@ class AttackRun:
                 }
             )
         return rows
-
-    def run(self, done: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], int, float]:
-        """Attack every batch not finished in ``done`` (rows by path).
-
-        Batches are fixed slices of the sorted file list, so a resumed run attacks exactly the
-        batches an uninterrupted run would. Returns (new rows, images attacked, seconds).
-        """
-        entries = self.folder.entries
-        pending = [
-            entries[begin : begin + self.batch_size]
-            for begin in range(0, len(entries), self.batch_size)
-            if any(entry.relative not in done for entry in entries[begin : begin + self.batch_size])
-        ]
-        rows: list[dict[str, Any]] = []
-        attacked = 0
-        notes: list[tuple[str, str]] = []
-        start = time.perf_counter()
-        with self.console.progress(sum(map(len, pending)), "attacking") as advance:
-            for chunk in pending:
-                batch = self.folder.read_batch(chunk)
-                notes.extend(batch.notes)
-                batch_rows = [skip_row(skip.relative, skip.reason) for skip in batch.skipped]
-                for skip in batch.skipped:
-                    self.console.warn(f"skipped {skip.relative}: {skip.reason}")
-                if batch.entries:
-                    batch_rows += self.attack_batch(batch)
-                    attacked += len(batch.entries)
-                batch_rows = [row for row in batch_rows if row["path"] not in done]
-                self.journal.append(batch_rows)
-                rows += batch_rows
-                advance(len(chunk))
-        for line in summarize_notes(notes):
-            self.console.note(line)
-        return rows, attacked, time.perf_counter() - start
-
-
-def skip_row(relative: str, reason: str) -> dict[str, Any]:
-    """The report row of a file that was not attacked."""
-    return {"path": relative, "status": "skipped", "reason": reason}
 
 
 def summarize(rows: list[dict[str, Any]], label_source: str) -> dict[str, Any]:
@@ -410,6 +357,13 @@ def attack(
     adversary = build_attack(
         attack_name, norm, eps, steps, step_size, restarts, random_start, loss, seed
     )
+    grid_steps = eps * LEVELS
+    kept = math.floor(grid_steps + 1e-6)  # the attack's own rule (Linf.snap_to_grid)
+    if norm == "linf" and grid_steps - kept > 1e-6:
+        console.note(
+            f"eps {eps:g} is {grid_steps:g} steps of the 8-bit grid; saved pixels move by at most "
+            f"{kept} steps ({kept / LEVELS:.4f})."
+        )
     classifier = load_model(
         model, unsafe_load=unsafe_load, input_scale=input_scale, mean=mean, std=std, console=console
     )
@@ -489,29 +443,3 @@ def attack(
     else:
         print_summary(console, summary, out)
     return 0
-
-
-def resume_or_start(
-    run: AttackRun, settings: dict[str, Any], overwrite: bool, console: Console
-) -> dict[str, dict[str, Any]]:
-    """Rows already finished by an interrupted run with the same settings (resume), or {} after
-    checking that nothing would be overwritten and starting a fresh journal."""
-    if run.journal.exists() and not overwrite:
-        header, rows = run.journal.recover()
-        expected = json.loads(json.dumps(to_jsonable(settings)))
-        changed = sorted(key for key in expected if header.get(key) != expected[key])
-        if changed:
-            raise OutputExistsError(
-                f"--out {run.out} holds an unfinished run with other settings "
-                f"({', '.join(changed)} differ). Rerun with the same options to finish it, "
-                "or pass --overwrite to start over."
-            )
-        remove_temp_files(run.out)
-        console.note(f"resuming an interrupted run in {run.out}: {len(rows)} files already done.")
-        return {row["path"]: row for row in rows}
-    if not overwrite:
-        refuse_overwrite(run.output_files(), run.out)
-    run.out.mkdir(parents=True, exist_ok=True)
-    remove_temp_files(run.out)
-    run.journal.start(settings)
-    return {}

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import sys
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +29,14 @@ from typing import Any
 import click
 
 from robustkit.errors import InputError, OutputExistsError, RobustkitError
-from robustkit.io import RESIZE_METHODS, ImageFolder, to_jsonable
+from robustkit.io import (
+    RESIZE_METHODS,
+    ImageBatch,
+    ImageFolder,
+    RunJournal,
+    remove_temp_files,
+    to_jsonable,
+)
 from robustkit.io.labels import class_index
 
 EXIT_OK = 0
@@ -395,3 +403,110 @@ def refuse_overwriting_inputs(outputs: Sequence[Path], inputs: Sequence[Path]) -
             raise InputError(
                 f"The output {output} would replace an input image; choose another --out."
             )
+
+
+# ----------------------------------------------------------------------------- runs over a folder
+
+
+def skip_row(relative: str, reason: str) -> dict[str, Any]:
+    """The report row of a file that was not processed."""
+    return {"path": relative, "status": "skipped", "reason": reason}
+
+
+class FolderRun:
+    """A resumable pass over an image folder, one batch at a time, writing files under ``out``.
+
+    Subclasses set ``journal_name``, ``report_names`` and ``progress_label`` and implement
+    :meth:`process_batch` (write the batch's outputs, return one report row per image). Batches
+    are fixed slices of the sorted file list, so a resumed run processes exactly the batches an
+    uninterrupted run would; rows reach the journal only after their batch's files are written.
+    """
+
+    journal_name: str = ".robustkit-journal.jsonl"
+    report_names: tuple[str, ...] = ("report.json",)
+    progress_label: str = "processing"
+
+    def __init__(
+        self,
+        folder: ImageFolder,
+        out: Path,
+        *,
+        suffixes: Sequence[str],
+        batch_size: int,
+        console: Console,
+    ) -> None:
+        self.folder = folder
+        self.out = out
+        self.batch_size = batch_size
+        self.console = console
+        self.names = class_names_of(folder)
+        self.plan = plan_outputs([entry.relative for entry in folder.entries], suffixes)
+        self.journal = RunJournal(out / self.journal_name)
+
+    def output_files(self) -> list[Path]:
+        """Every file this run writes: per-image outputs, then the reports."""
+        files = [self.out / name for outputs in self.plan.values() for name in outputs]
+        return [*files, *(self.out / name for name in self.report_names)]
+
+    def process_batch(self, batch: ImageBatch) -> list[dict[str, Any]]:
+        """Write the outputs of one decoded batch; one report row per image."""
+        raise NotImplementedError
+
+    def run(self, done: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], int, float]:
+        """Process every batch with a file not finished in ``done`` (rows by path).
+
+        Returns (new rows, images processed, seconds).
+        """
+        entries = self.folder.entries
+        chunks = [entries[i : i + self.batch_size] for i in range(0, len(entries), self.batch_size)]
+        pending = [chunk for chunk in chunks if any(e.relative not in done for e in chunk)]
+        rows: list[dict[str, Any]] = []
+        processed = 0
+        notes: list[tuple[str, str]] = []
+        start = time.perf_counter()
+        with self.console.progress(sum(map(len, pending)), self.progress_label) as advance:
+            for chunk in pending:
+                batch = self.folder.read_batch(chunk)
+                notes.extend(batch.notes)
+                batch_rows = [skip_row(skip.relative, skip.reason) for skip in batch.skipped]
+                for skip in batch.skipped:
+                    self.console.warn(f"skipped {skip.relative}: {skip.reason}")
+                if batch.entries:
+                    batch_rows += self.process_batch(batch)
+                    processed += len(batch.entries)
+                batch_rows = [row for row in batch_rows if row["path"] not in done]
+                self.journal.append(batch_rows)
+                rows += batch_rows
+                advance(len(chunk))
+        for line in summarize_notes(notes):
+            self.console.note(line)
+        return rows, processed, time.perf_counter() - start
+
+
+def resume_or_start(
+    run: FolderRun, settings: dict[str, Any], overwrite: bool, console: Console
+) -> dict[str, dict[str, Any]]:
+    """Rows already finished by an interrupted run with the same settings (resume), or {} after
+    checking that nothing would be overwritten and starting a fresh journal.
+
+    ``run`` needs ``journal``, ``out`` and ``output_files()`` (a :class:`FolderRun` has them).
+    """
+    if run.journal.exists() and not overwrite:
+        header, rows = run.journal.recover()
+        expected = json.loads(json.dumps(to_jsonable(settings)))
+        changed = sorted(key for key in expected if header.get(key) != expected[key])
+        if changed:
+            raise OutputExistsError(
+                f"--out {run.out} holds an unfinished run with other settings "
+                f"({', '.join(changed)} differ). Rerun with the same options to finish it, "
+                "or pass --overwrite to start over."
+            )
+        remove_temp_files(run.out)
+        console.note(f"resuming an interrupted run in {run.out}: {len(rows)} files already done.")
+        return {row["path"]: row for row in rows}
+    if not overwrite:
+        refuse_overwrite(run.output_files(), run.out)
+    run.out.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(run.out)
+    run.journal.start(settings)
+    return {}

@@ -93,6 +93,7 @@ def test_human_summary_and_eps_as_a_fraction(tmp_path, models):
     assert "clean accuracy" in result.stdout and "attack success" in result.stdout
     summary = report(tmp_path / "o")["summary"]
     assert summary["attack"]["eps"] == 8 / 255 and summary["max_linf"] <= 8 / 255 + 1e-12
+    assert "steps of the 8-bit grid" not in result.stderr  # 8/255 lies on the grid
 
 
 def test_labels_csv_by_name_and_index(tmp_path, models):
@@ -177,7 +178,12 @@ def test_folder_count_mismatch_is_refused_with_a_fix(tmp_path, models):
     result = invoke(models["gray"], tmp_path / "in", *FAST, "--out", tmp_path / "o")
     assert result.exit_code == 2
     assert "2 class subfolders but the model has 3 classes" in result.stderr
-    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        "note: eps 0.3 is 76.5 steps of the 8-bit grid; saved pixels move by at most 76 steps "
+        "(0.2980).",
+        next(line for line in result.stderr.splitlines() if line.startswith("error: ")),
+    ]
     result = invoke(
         models["gray"], tmp_path / "in", *FAST, "--no-folder-labels", "--out", tmp_path / "o"
     )
@@ -406,7 +412,7 @@ def test_failure_during_the_run_exits_1_and_debug_shows_the_traceback(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(attack_module, "write_png", disk_full)
-    result = invoke(models["gray"], tmp_path / "in", *FAST, "--out", tmp_path / "o")
+    result = invoke(models["gray"], tmp_path / "in", *FAST, "--out", tmp_path / "o", "--quiet")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         "error: OSError: [Errno 28] No space left on device (rerun with --debug for the traceback)"
@@ -421,7 +427,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, mode
     complete = invoke(*args, "--out", tmp_path / "full", "--save-perturbation")
     assert complete.exit_code == 0, complete.output
 
-    original = attack_module.AttackRun.attack_batch
+    original = attack_module.AttackRun.process_batch
     calls = []
 
     def interrupt_second_batch(self, batch):
@@ -430,14 +436,14 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, mode
             raise KeyboardInterrupt
         return original(self, batch)
 
-    monkeypatch.setattr(attack_module.AttackRun, "attack_batch", interrupt_second_batch)
+    monkeypatch.setattr(attack_module.AttackRun, "process_batch", interrupt_second_batch)
     out = tmp_path / "resumed"
     cut = invoke(*args, "--out", out, "--save-perturbation")
     assert cut.exit_code == 1 and "rerun the same command" in cut.stderr
     assert not (out / "report.json").exists()
     assert len(list(out.rglob("*.perturbation.png"))) == 4
     assert not list(out.rglob("*robustkit-tmp"))
-    monkeypatch.setattr(attack_module.AttackRun, "attack_batch", original)
+    monkeypatch.setattr(attack_module.AttackRun, "process_batch", original)
 
     other = invoke(
         models["gray"],
