@@ -1,4 +1,6 @@
-"""How much attack success is lost when adversarial images are saved as 8-bit PNGs.
+"""Attack CLI / quantization: success lost to 8-bit PNGs, and the CLI's memory as folders grow.
+
+Part 1: how much attack success is lost when adversarial images are saved as 8-bit PNGs.
 
 On the shipped example model (examples/mnist_cnn.keras) and held-out MNIST test digits, each
 attack runs twice:
@@ -9,14 +11,25 @@ attack runs twice:
   grid inside the ball and takes its last steps on the grid.
 
 Success is judged on the rounded pixels, exactly what a PNG holds. "Lost" counts images that
-were adversarial as floats but not after rounding. Run from the repository root:
+were adversarial as floats but not after rounding.
 
-    python benchmarks/bench_quantization.py [--count 1000]
+Part 2 (``--streaming``): ``robustkit attack`` on 1,000 and on all 10,000 MNIST test digits
+written as PNGs, in separate processes; their peak resident memory should be about the same,
+since images are streamed in batches.
+
+Run from the repository root:
+
+    python benchmarks/bench_quantization.py [--count 1000] [--streaming]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +37,7 @@ import numpy as np
 from robustkit_cli.attack import saved_codes
 
 from robustkit.attacks import FGSM, PGD
-from robustkit.io import from_uint8, load_mnist
+from robustkit.io import from_uint8, load_mnist, write_png
 from robustkit.models import load_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,12 +69,48 @@ def measure(classifier, attack, x: np.ndarray, y: np.ndarray) -> dict[str, float
     }
 
 
+def peak_memory_of_cli_run(images: Path, out: Path) -> tuple[float, float]:
+    """(peak resident MiB, images/s) of one ``robustkit attack`` process (FGSM, batches of 256)."""
+    command = [
+        "robustkit", "attack", str(ROOT / "examples" / "mnist_cnn.keras"), str(images),
+        "--attack", "fgsm", "--eps", "25/255", "--batch-size", "256", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"robustkit attack failed: {' '.join(command)}")
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    return usage.ru_maxrss / 1024, summary["images_per_second"]
+
+
+def streaming(digits: np.ndarray) -> None:
+    """Peak memory of the CLI on 1,000 vs 10,000 PNG digits (class subfolders 0..9 unused)."""
+    work = Path(tempfile.mkdtemp(prefix="robustkit-bench-"))
+    try:
+        for index, digit in enumerate(digits):
+            write_png(work / "all" / f"{index:05d}.png", digit[:, :, None])
+        (work / "some").mkdir()
+        for index in range(1000):
+            os.link(work / "all" / f"{index:05d}.png", work / "some" / f"{index:05d}.png")
+        print("images | peak RSS MiB | images/s")
+        for name in ("some", "all"):
+            count = len(list((work / name).iterdir()))
+            memory, speed = peak_memory_of_cli_run(work / name, work / f"out-{name}")
+            print(f"{count:6d} | {memory:12.0f} | {speed:8.0f}")
+    finally:
+        shutil.rmtree(work)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000, help="held-out digits to attack")
+    parser.add_argument("--streaming", action="store_true", help="only part 2 (CLI memory)")
     args = parser.parse_args()
-    classifier = load_classifier(ROOT / "examples" / "mnist_cnn.keras")
     digits, labels = load_mnist(ROOT.parent / "shared" / "data" / "mnist")
+    if args.streaming:
+        streaming(digits)
+        return
+    classifier = load_classifier(ROOT / "examples" / "mnist_cnn.keras")
     x = from_uint8(digits[HELD_OUT : HELD_OUT + args.count, :, :, None])
     y = labels[HELD_OUT : HELD_OUT + args.count]
     correct = classifier.predict_logits(x).argmax(axis=1) == y
