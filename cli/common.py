@@ -18,13 +18,14 @@ import os
 import platform
 import sys
 import time
+import traceback
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -172,11 +173,18 @@ def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> Non
     click.echo(f"warning: {message}", err=True)
 
 
+def _fail(code: int, message: str, debug: bool) -> NoReturn:
+    """Report the exception being handled (one line, or the traceback with --debug) and exit."""
+    click.echo(traceback.format_exc().rstrip() if debug else message, err=True)
+    raise click.exceptions.Exit(code) from None
+
+
 def handle_errors(command: Callable[..., int | None]) -> Callable[..., None]:
     """Decorator for command callbacks (which take ``debug``): maps errors to exit codes.
 
-    RobustkitError -> 2, anything else (and Ctrl-C) -> 1, each as one line on stderr unless
-    ``debug`` is set. Python warnings print as one ``warning:`` line.
+    RobustkitError -> 2, anything else (and Ctrl-C) -> 1, each as one line on stderr; with
+    ``debug`` the traceback is printed instead (same exit code). Python warnings print as one
+    ``warning:`` line.
     """
 
     @functools.wraps(command)
@@ -189,21 +197,16 @@ def handle_errors(command: Callable[..., int | None]) -> Callable[..., None]:
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except RobustkitError as error:
-            if debug:
-                raise
-            click.echo(f"error: {error}", err=True)
-            raise click.exceptions.Exit(EXIT_INPUT) from None
+            _fail(EXIT_INPUT, f"error: {error}", debug)
         except KeyboardInterrupt:
-            click.echo("error: interrupted; rerun the same command to finish the rest.", err=True)
-            raise click.exceptions.Exit(EXIT_FAILURE) from None
-        except Exception as error:
-            if debug:
-                raise
-            click.echo(
-                f"error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
-                err=True,
+            _fail(
+                EXIT_FAILURE,
+                "error: interrupted; rerun the same command to finish the rest.",
+                debug,
             )
-            raise click.exceptions.Exit(EXIT_FAILURE) from None
+        except Exception as error:
+            hint = f"error: {type(error).__name__}: {error} (rerun with --debug for the traceback)"
+            _fail(EXIT_FAILURE, hint, debug)
         raise click.exceptions.Exit(code or EXIT_OK)
 
     return wrapper
