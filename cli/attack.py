@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 import numpy as np
+import tensorflow as tf
 from robustkit_cli.common import (
     NUMBER,
     Console,
@@ -100,12 +101,6 @@ def saved_codes(attack: PGD, x: np.ndarray, x_adv: np.ndarray) -> np.ndarray:
     return to_uint8(np.clip(x + snapped, 0.0, 1.0))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax [N, K] of logits [N, K] in float64."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 class AttackRun(FolderRun):
     """One attack over an image folder: exact 8-bit PNGs checked on disk, report rows."""
 
@@ -146,18 +141,18 @@ class AttackRun(FolderRun):
         self.gradient_steps += result.gradient_steps
         codes = saved_codes(self.attack, x, result.x_adv)
         reread = []
-        for entry, image in zip(batch.entries, codes, strict=True):
+        for entry, clean, image in zip(batch.entries, batch.codes, codes, strict=True):
             outputs = self.plan[entry.relative]
             write_png(self.out / outputs[0], image)
             if len(outputs) > 1:
-                delta = from_uint8(image) - from_uint8(batch.codes[len(reread)])
+                delta = from_uint8(image) - from_uint8(clean)
                 write_png(self.out / outputs[1], perturbation_codes(delta))
             saved, _ = read_image(self.out / outputs[0], channels=image.shape[-1])
             if not np.array_equal(saved, image):
                 raise OSError(f"{self.out / outputs[0]} did not read back as written.")
             reread.append(saved)
         x_saved = from_uint8(np.stack(reread))
-        probabilities = softmax(self.classifier.predict_logits(x_saved).astype(np.float64))
+        probabilities = tf.nn.softmax(self.classifier.predict_logits(x_saved)).numpy()
         adv_pred = probabilities.argmax(axis=1)
         goal = result.labels if result.target is None else result.target
         success = adv_pred == goal if result.target is not None else adv_pred != goal
