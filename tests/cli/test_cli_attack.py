@@ -498,3 +498,35 @@ def test_help_lists_commands_and_exit_codes():
     )
     result = CliRunner().invoke(main, ["attack", "--help"])
     assert result.exit_code == 0 and "--save-perturbation" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "norm"),
+    [
+        (("--attack", "fgsm", "--eps", "16/255"), {"attack": "FGSM", "random_start": False},
+         "linf"),
+        (
+            ("--norm", "l2", "--eps", "1.5", "--loss", "margin", "--restarts", "2", "--steps", "4",
+             "--no-random-start", "--step-size", "0.5", "--seed", "7"),
+            {"attack": "PGD", "loss": "margin", "restarts": 2, "random_start": False,
+             "step_size": 0.5, "seed": 7},
+            "l2",
+        ),
+    ],
+)  # fmt: skip
+def test_attack_options_reach_the_attack_and_the_ball_holds(tmp_path, models, args, config, norm):
+    class_tree(tmp_path / "in")
+    result = invoke(models["gray"], tmp_path / "in", *args, "--out", tmp_path / "o", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert config.items() <= data["summary"]["attack"].items()
+    eps = data["summary"]["attack"]["eps"]
+    x = from_uint8(
+        np.stack([read_image(tmp_path / "in" / r["path"], channels=1)[0] for r in data["images"]])
+    )
+    delta = (
+        (saved_pixels(tmp_path / "o", data["images"], 1) - x).reshape(len(x), -1).astype(np.float64)
+    )
+    distance = np.abs(delta).max(axis=1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+    assert np.all(distance <= eps + 1e-6)
+    np.testing.assert_allclose([r[norm] for r in data["images"]], distance, atol=1e-6)
