@@ -1,0 +1,63 @@
+"""Trainer state that must survive an interruption, and weight snapshots for roll-backs.
+
+Everything here is made of ``tf.Variable``s so a ``tf.train.Checkpoint`` saves and restores it
+together with the model, the optimizer and the random generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from robustkit.training.history import TrainingHistory
+
+
+class WeightSnapshot(tf.Module):
+    """A copy of a list of variables (model weights, optimizer slots) that can be put back.
+
+    The snapshot holds only the copies (so a checkpoint does not save the originals twice); the
+    same list of variables is passed to :meth:`take` and :meth:`put_back`.
+    """
+
+    def __init__(self, variables: Sequence[tf.Variable], name: str = "snapshot") -> None:
+        super().__init__(name=name)
+        self.copies = [
+            tf.Variable(tf.convert_to_tensor(v), trainable=False, name=f"copy_{i}")
+            for i, v in enumerate(variables)
+        ]
+
+    def take(self, variables: Sequence[tf.Variable]) -> None:
+        """Copy the current values of ``variables`` in."""
+        for copy, source in zip(self.copies, variables, strict=True):
+            copy.assign(tf.convert_to_tensor(source))
+
+    def put_back(self, variables: Sequence[tf.Variable]) -> None:
+        """Write the copied values back into ``variables``."""
+        for copy, source in zip(self.copies, variables, strict=True):
+            source.assign(copy)
+
+
+class TrainerState(tf.Module):
+    """Checkpointed progress: the next epoch, the best robust validation result and its weights,
+    the overfitting guard's reference accuracy and the history so far."""
+
+    def __init__(self, weights: Sequence[tf.Variable]) -> None:
+        super().__init__(name="trainer_state")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.best_metric = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
+        self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
+        self.best_weights = WeightSnapshot(weights, name="best_weights")
+        self.guard_reference = tf.Variable(
+            -1.0, dtype=tf.float64, trainable=False, name="guard_reference"
+        )
+        self.history_json = tf.Variable("", dtype=tf.string, trainable=False, name="history")
+
+    def history(self) -> TrainingHistory:
+        """The history stored with the state (empty for a fresh run)."""
+        text = self.history_json.numpy().decode()
+        return TrainingHistory.from_json(text) if text else TrainingHistory()
+
+    def store_history(self, history: TrainingHistory) -> None:
+        """Keep ``history`` with the state (saved with the next checkpoint)."""
+        self.history_json.assign(history.to_json())
