@@ -158,6 +158,7 @@ class Classifier:
         self.bounds = (low, high)
         self.preprocessing = preprocessing or Preprocessing()
         self.input_shape = self._resolve_input_shape(model, input_shape)
+        self._check_channels(self.preprocessing, self.input_shape[-1])
         if output == "probabilities":
             self._raw_logits, self.logits_source = self._log_probabilities(model)
         elif output == "logits":
@@ -185,6 +186,17 @@ class Classifier:
                 "input_shape=(height, width, channels) to Classifier."
             )
         return tuple(int(d) for d in shape)  # type: ignore[return-value]
+
+    @staticmethod
+    def _check_channels(preprocessing: Preprocessing, channels: int) -> None:
+        for name in ("mean", "std"):
+            value = getattr(preprocessing, name)
+            size = np.asarray(value).size if value is not None else 1
+            if size not in (1, channels):
+                raise InputError(
+                    f"Preprocessing {name} has {size} values but the model's images have "
+                    f"{channels} channel(s); give one value or one per channel."
+                )
 
     @staticmethod
     def _log_probabilities(model: Any) -> tuple[Callable[..., tf.Tensor], str]:

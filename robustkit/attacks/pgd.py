@@ -355,6 +355,7 @@ class PGD:
         *,
         target: Any = None,
         batch_size: int = 256,
+        first_batch: int = 0,
     ) -> AttackResult:
         """Attack images x [N, H, W, C] (float32 in the classifier's bounds).
 
@@ -364,6 +365,9 @@ class PGD:
             target: makes the attack targeted: class indices [N], one int for all, or
                 "least-likely" / "random" (a uniformly drawn class other than the label).
             batch_size: images per compiled batch; memory is bounded by it.
+            first_batch: index of the first batch in a longer stream. Batch i draws its random
+                numbers from the seed pair (seed, first_batch + i), so a caller streaming
+                batches gives each its own draws and a resumed stream repeats them exactly.
         """
         if not isinstance(classifier, Classifier):
             raise InputError("Pass a robustkit Classifier: wrap your model as Classifier(model).")
@@ -377,7 +381,7 @@ class PGD:
         parts = []
         for batch, begin in enumerate(range(0, n, batch_size)):
             end = min(begin + batch_size, n)
-            seed = tf.constant([self.seed, batch], tf.int32)
+            seed = tf.constant([self.seed, first_batch + batch], tf.int32)
             clean_logits, batch_labels, batch_targets, result = function(
                 x[begin:end], labels[begin:end], targets[begin:end], seed
             )

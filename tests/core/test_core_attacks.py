@@ -197,3 +197,16 @@ def test_batch_where_every_example_breaks_early_skips_empty_forward_passes() -> 
     result = PGD("linf", 0.1, steps=5, restarts=2, random_start=False)(classifier, x, wrong_labels)
     assert result.success.all() and np.all(result.steps == 1)
     np.testing.assert_array_equal(result.x_adv, x)
+
+
+def test_streamed_batches_with_first_batch_match_one_call() -> None:
+    classifier = Classifier(small_cnn(seed=10))
+    x = RNG.random((9, 8, 8, 1), dtype=np.float32)
+    attack = PGD("linf", 0.1, steps=2, seed=4, early_stop=False)
+    whole = attack(classifier, x, batch_size=3)
+    streamed = [
+        attack(classifier, x[i : i + 3], batch_size=3, first_batch=i // 3) for i in (0, 3, 6)
+    ]
+    joined = np.concatenate([part.x_adv for part in streamed])
+    assert joined.tobytes() == whole.x_adv.tobytes()
+    assert streamed[0].x_adv.tobytes() != attack(classifier, x[3:6], batch_size=3).x_adv.tobytes()

@@ -147,3 +147,8 @@ def test_load_classifier_round_trip(tmp_path, suffix: str) -> None:
     np.testing.assert_allclose(
         logits - logits.max(1, keepdims=True), expected - expected.max(1, keepdims=True), atol=1e-4
     )
+
+
+def test_mean_std_must_match_the_channel_count() -> None:
+    with pytest.raises(InputError, match="channel"):
+        Classifier(small_cnn(), preprocessing=Preprocessing(mean=[0.1, 0.2, 0.3], std=[1, 1, 1]))
