@@ -9,6 +9,20 @@ from typing import Any
 import click
 import numpy as np
 import tensorflow as tf
+
+from robustkit.attacks import FGSM, PGD, AttackResult
+from robustkit.io import (
+    ImageBatch,
+    ImageFolder,
+    from_uint8,
+    perturbation_codes,
+    read_image,
+    to_uint8,
+    write_csv,
+    write_json,
+    write_png,
+)
+from robustkit.io.pixels import LEVELS
 from robustkit_cli.common import (
     NUMBER,
     Console,
@@ -26,20 +40,6 @@ from robustkit_cli.common import (
     resume_or_start,
     skip_row,
 )
-
-from robustkit.attacks import FGSM, PGD, AttackResult
-from robustkit.io import (
-    ImageBatch,
-    ImageFolder,
-    from_uint8,
-    perturbation_codes,
-    read_image,
-    to_uint8,
-    write_csv,
-    write_json,
-    write_png,
-)
-from robustkit.io.pixels import LEVELS
 
 REPORT_JSON = "report.json"
 REPORT_CSV = "report.csv"
@@ -136,7 +136,12 @@ class AttackRun(FolderRun):
         """Attack one batch, write its PNGs, re-read them and judge the saved pixels."""
         x = batch.pixels()
         result: AttackResult = self.attack(
-            self.classifier, x, batch.labels, target=self._target_for(len(x)), batch_size=len(x)
+            self.classifier,
+            x,
+            batch.labels,
+            target=self._target_for(len(x)),
+            batch_size=len(x),
+            first_batch=self.batch_index,
         )
         self.gradient_steps += result.gradient_steps
         codes = saved_codes(self.attack, x, result.x_adv)

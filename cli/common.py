@@ -284,23 +284,12 @@ def load_model(
     path: str, *, unsafe_load: bool, input_scale: float, mean: Any, std: Any, console: Console
 ) -> Any:
     """The model file as a robustkit Classifier on [0, 1] pixels with in-graph preprocessing."""
-    from robustkit.models import Classifier, Preprocessing, load_classifier
+    from robustkit.models import Preprocessing, load_classifier
 
     if unsafe_load:
         console.warn("unsafe loading is on: the model file may run code. Only use trusted files.")
-    scaled = Preprocessing(scale=input_scale)
-    classifier = load_classifier(path, safe_mode=not unsafe_load, preprocessing=scaled)
-    if mean is None and std is None:
-        return classifier
-    channels = classifier.input_shape[-1]
-    for name, values in (("--mean", mean), ("--std", std)):
-        if values is not None and len(values) not in (1, channels):
-            raise InputError(
-                f"{name} has {len(values)} values but the model has {channels} channels; "
-                f"give 1 or {channels}."
-            )
     preprocessing = Preprocessing(scale=input_scale, mean=mean, std=std)
-    return Classifier(classifier.model, bounds=classifier.bounds, preprocessing=preprocessing)
+    return load_classifier(path, safe_mode=not unsafe_load, preprocessing=preprocessing)
 
 
 def open_images(
@@ -445,6 +434,7 @@ class FolderRun:
         self.names = class_names_of(folder)
         self.plan = plan_outputs([entry.relative for entry in folder.entries], suffixes)
         self.journal = RunJournal(out / self.journal_name)
+        self.batch_index = 0  # position of the batch being processed in the whole folder
 
     def output_files(self) -> list[Path]:
         """Every file this run writes: per-image outputs, then the reports."""
@@ -462,13 +452,17 @@ class FolderRun:
         """
         entries = self.folder.entries
         chunks = [entries[i : i + self.batch_size] for i in range(0, len(entries), self.batch_size)]
-        pending = [chunk for chunk in chunks if any(e.relative not in done for e in chunk)]
+        pending = [
+            (index, chunk)
+            for index, chunk in enumerate(chunks)
+            if any(e.relative not in done for e in chunk)
+        ]
         rows: list[dict[str, Any]] = []
         processed = 0
         notes: list[tuple[str, str]] = []
         start = time.perf_counter()
-        with self.console.progress(sum(map(len, pending)), self.progress_label) as advance:
-            for chunk in pending:
+        with self.console.progress(sum(len(c) for _, c in pending), self.progress_label) as advance:
+            for self.batch_index, chunk in pending:
                 batch = self.folder.read_batch(chunk)
                 notes.extend(batch.notes)
                 batch_rows = [skip_row(skip.relative, skip.reason) for skip in batch.skipped]

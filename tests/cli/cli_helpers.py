@@ -9,6 +9,7 @@ import keras
 import numpy as np
 from click.testing import CliRunner, Result
 from PIL import Image
+
 from robustkit_cli.main import main
 
 CLASSES = ("ant", "bee", "cat")

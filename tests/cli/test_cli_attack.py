@@ -18,11 +18,11 @@ from cli_helpers import (
     write_images,
 )
 from PIL import Image
-from robustkit_cli import attack as attack_module
-from robustkit_cli.main import main
 
 from robustkit.io import from_uint8, read_image
 from robustkit.models import Preprocessing, load_classifier
+from robustkit_cli import attack as attack_module
+from robustkit_cli.main import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FAST = ("--steps", "5", "--eps", "0.3")
@@ -254,7 +254,7 @@ def test_corrupt_truncated_and_non_image_files_are_skipped(tmp_path, models):
         ("tree", ("--attack", "fgsm", "--steps", "3"), "--attack pgd only"),
         ("tree", ("--eps", "8/0"), "is not a number"),
         ("tree", ("--target-class", "wasp"), "neither a class index nor one of the class names"),
-        ("tree", ("--mean", "0.1,0.2"), "--mean has 2 values but the model has 1 channels"),
+        ("tree", ("--mean", "0.1,0.2"), "mean has 2 values but the model's images have 1 channel"),
         ("missing-model", (), "Model file not found"),
         ("not-a-model", (), "is not a Keras model"),
     ],

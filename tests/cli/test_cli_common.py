@@ -4,6 +4,8 @@ import io
 
 import click
 import pytest
+
+from robustkit.errors import InputError
 from robustkit_cli.common import (
     NUMBER,
     NUMBERS,
@@ -12,8 +14,6 @@ from robustkit_cli.common import (
     plan_outputs,
     summarize_notes,
 )
-
-from robustkit.errors import InputError
 
 
 @pytest.mark.parametrize(
