@@ -1,0 +1,291 @@
+"""``robustkit evaluate MODEL DATA``: robust accuracy under an attack suite, with sanity checks,
+written as report.json, report.md and robustness_curve.png."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from robustkit import evaluation
+from robustkit.errors import InputError
+from robustkit.evaluation import CHECKS, ProgressEvent, RobustnessReport, write_report
+from robustkit.evaluation.render import REPORT_FILES
+from robustkit.io import atomic_write, from_uint8
+from robustkit_cli.common import (
+    NUMBERS,
+    Console,
+    check_output_folder,
+    handle_errors,
+    image_options,
+    load_model,
+    model_options,
+    open_images,
+    output_options,
+    refuse_overwrite,
+    summarize_notes,
+)
+
+ADVERSARIAL_NPZ = "adversarial.npz"
+
+
+def load_npz(path: Path, classifier: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels from an .npz with arrays ``x`` ([N, H, W(, C)], uint8 codes or floats
+    in the classifier's bounds) and ``y`` (int labels [N])."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive or "y" not in archive:
+                raise InputError(
+                    f"{path} must hold arrays 'x' (images) and 'y' (labels); it has "
+                    f"{sorted(archive.files)}."
+                )
+            x, y = archive["x"], archive["y"]
+    except (OSError, ValueError) as error:
+        raise InputError(f"Cannot read {path} as an .npz archive: {error}.") from error
+    if x.ndim == 3 and classifier.input_shape[-1] == 1:
+        x = x[..., None]
+    if x.dtype == np.uint8:
+        x = from_uint8(x, classifier.bounds)
+    return x, y
+
+
+def load_folder(
+    data: str, classifier: Any, console: Console, batch_size: int, **options: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every readable labelled image under ``data`` (skipped files are warned about)."""
+    folder = open_images(data, classifier, **options)
+    if folder.label_source == "none":
+        raise InputError(
+            f"No labels for the images under {data}: robust accuracy needs true labels. Give "
+            "--labels labels.csv or put the images in class subfolders."
+        )
+    images, labels, notes = [], [], []
+    for skip in folder.skipped:
+        console.warn(f"skipped {skip.relative}: {skip.reason}")
+    for batch in folder.batches(batch_size):
+        for skip in batch.skipped:
+            console.warn(f"skipped {skip.relative}: {skip.reason}")
+        if batch.entries:
+            images.append(batch.pixels(classifier.bounds))
+            labels.append(batch.labels)
+        notes += batch.notes
+    for line in summarize_notes(notes):
+        console.note(line)
+    if not images:
+        raise InputError(f"None of the images under {data} could be read.")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def parse_checks(value: str) -> str | list[str | int] | None:
+    """ "all", "none" or comma-separated check numbers / names."""
+    if value == "all":
+        return "all"
+    if value == "none":
+        return None
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    return [int(part) if part.isdigit() else part for part in parts]
+
+
+class ProgressBars:
+    """One progress bar per attack pass, eps and check, drawn by the console."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.stack = contextlib.ExitStack()
+        self.key: tuple[Any, ...] | None = None
+        self.advance: Callable[[int], None] = lambda n: None
+        self.done = 0
+
+    def __call__(self, event: ProgressEvent) -> None:
+        key = (event.stage, event.name, event.eps, event.target, event.total)
+        if key != self.key or event.done < self.done:
+            self.close()
+            label = f"{event.name:<14}" + ("" if event.eps is None else f" eps {event.eps:<6g}")
+            if event.targets > 1:
+                label += f" target {event.target}/{event.targets}"
+            self.advance = self.stack.enter_context(self.console.progress(event.total, label))
+            self.key, self.done = key, 0
+        self.advance(event.done - self.done)
+        self.done = event.done
+
+    def close(self) -> None:
+        self.stack.close()
+        self.stack = contextlib.ExitStack()
+        self.key = None
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def print_summary(console: Console, report: RobustnessReport, out: Path) -> None:
+    """The accuracy table, the checks that did not pass, cost and where the files went."""
+    console.say(
+        f"{report.norm} robust accuracy, {report.suite} suite ({report.mode}), "
+        f"{report.num_examples} examples, seed {report.seed}"
+    )
+    width = max(len("worst case"), *(len(name) + 6 for name in report.attack_names))
+    header = "".join(f"{f'eps {eps:g}':>11}" for eps in report.epsilons)
+    console.say(f"{'':<{width}}{header}")
+    clean = _percent(report.clean_accuracy)
+    console.say(f"{'clean':<{width}}" + f"{clean:>11}" * len(report.epsilons))
+    prefix = "after " if report.mode == "cascade" else ""
+    for name, row in zip(report.attack_names, report.attack_accuracy(), strict=True):
+        console.say(f"{prefix + name:<{width}}" + "".join(f"{_percent(v):>11}" for v in row))
+    worst = "".join(f"{_percent(v):>11}" for v in report.robust_accuracy)
+    console.say(f"{'worst case':<{width}}{worst}")
+    verdicts = ", ".join(f"{check.number} {check.verdict}" for check in report.checks)
+    console.say(f"checks: {verdicts}")
+    for check in report.checks:
+        if check.verdict in ("warn", "fail"):
+            console.say(f"  {check.number} {check.name} {check.verdict}: {check.explanation}")
+    console.say(
+        f"cost: {_percent(report.cost['share_of_full_budget'])} of the full budget; "
+        f"{report.timing['total']:.1f} s"
+    )
+    console.say(f"wrote {', '.join(REPORT_FILES)} to {out}")
+
+
+@click.command("evaluate")
+@click.argument("model", type=click.Path(path_type=str))
+@click.argument("data", type=click.Path(path_type=str))
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option(
+    "--eps",
+    type=NUMBERS,
+    required=True,
+    help="Comma-separated radii in [0, 1] pixel units, e.g. 0.1,0.2,0.3 or 2/255,8/255.",
+)
+@click.option(
+    "--suite", type=click.Choice(["quick", "standard"]), default="standard", show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
+@click.option(
+    "--checks",
+    "checks_option",
+    default="all",
+    show_default=True,
+    help=f"Sanity checks to run: all, none, or numbers/names ({', '.join(CHECKS)}).",
+)
+@click.option(
+    "--check-samples",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Examples the extra-compute checks attack.",
+)
+@click.option(
+    "--independent",
+    is_flag=True,
+    help="Run every attack on every example (each attack's own accuracy; full cost).",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N examples.")
+@click.option("--per-example", is_flag=True, help="Include per-example records in report.json.")
+@click.option(
+    "--save-adversarial",
+    is_flag=True,
+    help=f"Also write the kept adversarial images and labels to {ADVERSARIAL_NPZ}.",
+)
+@model_options
+@image_options
+@output_options("evaluation")
+@handle_errors
+def evaluate(
+    model: str,
+    data: str,
+    norm: str,
+    eps: tuple[float, ...],
+    suite: str,
+    seed: int,
+    checks_option: str,
+    check_samples: int,
+    independent: bool,
+    limit: int | None,
+    per_example: bool,
+    save_adversarial: bool,
+    unsafe_load: bool,
+    input_scale: float,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    labels: Path | None,
+    class_names: Path | None,
+    folder_labels: bool,
+    resize: str | None,
+    strict: bool,
+    batch_size: int,
+    out: Path,
+    overwrite: bool,
+    quiet: bool,
+    json_output: bool,
+    debug: bool,
+) -> int:
+    """Measure the robust accuracy of the Keras model MODEL (.keras or .h5) on DATA: an image
+    folder with labels (class subfolders or --labels, read as `robustkit attack` reads them) or
+    an .npz holding x (images, uint8 or floats in [0, 1]) and y (labels).
+
+    The suite runs as a cascade per eps (each attack sees only examples still robust); the
+    worst case per example, nine sanity checks with verdicts, every budget and the cost go to
+    report.json, report.md and robustness_curve.png under --out.
+
+    Exit codes: 0 done, 1 failure during the run, 2 usage or input error.
+    """
+    console = Console(quiet=quiet, json_output=json_output)
+    check_output_folder(out, data)
+    outputs = [out / name for name in REPORT_FILES]
+    if save_adversarial:
+        outputs.append(out / ADVERSARIAL_NPZ)
+    if not overwrite:
+        refuse_overwrite(outputs, out)
+    classifier = load_model(
+        model, unsafe_load=unsafe_load, input_scale=input_scale, mean=mean, std=std, console=console
+    )
+    if Path(data).suffix.lower() == ".npz" and Path(data).is_file():
+        x, y = load_npz(Path(data), classifier)
+    else:
+        x, y = load_folder(
+            data,
+            classifier,
+            console,
+            batch_size,
+            labels=labels,
+            class_names=class_names,
+            folder_labels=folder_labels,
+            resize=resize,
+            strict=strict,
+        )
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    bars = ProgressBars(console)
+    try:
+        report = evaluation.evaluate(
+            classifier,
+            (x, y),
+            norm,
+            list(eps),
+            suite=suite,
+            seed=seed,
+            batch_size=batch_size,
+            cascade=not independent,
+            checks=parse_checks(checks_option),
+            check_samples=check_samples,
+            per_example=per_example,
+            return_images=save_adversarial,
+            progress=bars,
+        )
+    finally:
+        bars.close()
+    write_report(report, out, overwrite=True)
+    if save_adversarial:
+        with atomic_write(out / ADVERSARIAL_NPZ, "wb") as stream:
+            np.savez_compressed(
+                stream, x_adv=report.adversarial_images, y=y, epsilons=report.epsilons
+            )
+    if json_output:
+        console.print_json(report.to_dict())
+    else:
+        print_summary(console, report, out)
+    return 0

@@ -1,0 +1,210 @@
+"""One eps of an evaluation: the suite's attacks run in turn, each example keeps its strongest
+adversarial, and every claimed adversarial is re-checked before it counts.
+
+Cascade mode attacks only the examples still robust when an attack's turn comes, so each
+example stops costing anything once it is broken; independent mode runs every attack on every
+correctly classified example (each attack's own accuracy, at full cost). Either way the worst
+case is the per-example AND over the attacks: robust = clean-correct and broken by none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from robustkit.evaluation.engine import Executor
+from robustkit.evaluation.suites import SuiteAttack, full_budget
+from robustkit.models import Classifier
+from robustkit.norms import Norm
+
+# (attack name, pass number, passes, examples done, examples in the pass)
+PassProgress = Callable[[str, int, int, int, int], None]
+
+NOT_ATTACKED = -2  # broken_by of an example misclassified before any attack
+UNBROKEN = -1  # broken_by of an example no attack broke
+_RELATIVE_SLACK = 1e-5  # float32 round-off allowed on the distance from the clean image
+_ABSOLUTE_SLACK = 1e-6
+
+
+def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Best other logit minus the logit of ``labels`` [m] (> 0: misclassified)."""
+    own = np.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    others = logits.copy()
+    np.put_along_axis(others, labels[:, None], -np.inf, axis=1)
+    return (others.max(axis=1) - own).astype(np.float32)
+
+
+def top_other_classes(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """[k', m] the k' = min(k, K - 1) classes with the highest logits other than the label,
+    most likely first."""
+    order = np.argsort(-logits, axis=1, kind="stable")
+    others = order[order != labels[:, None]].reshape(len(labels), -1)
+    return others[:, : min(k, others.shape[1])].T.astype(np.int64)
+
+
+@dataclass
+class AttackStats:
+    """What one attack did at this eps (see :class:`~robustkit.evaluation.AttackOutcome`)."""
+
+    attacked: int
+    broken: int
+    robust_accuracy: float
+    gradient_evaluations: int
+    forward_evaluations: int
+    full_budget_gradient_evaluations: int
+    full_budget_forward_evaluations: int
+    wall_time_s: float
+
+
+@dataclass
+class CascadeResult:
+    """Per-example results for m examples and A attacks (see ExampleRecords), the adversarial
+    images kept (when asked for), per-attack stats and verification counts."""
+
+    robust: np.ndarray
+    broken_by: np.ndarray
+    adversarial_pred: np.ndarray
+    adversarial_margin: np.ndarray
+    linf: np.ndarray
+    l2: np.ndarray
+    evaluations: np.ndarray
+    attacked: np.ndarray
+    broken: np.ndarray
+    x_adv: np.ndarray | None
+    stats: list[AttackStats]
+    verification: dict[str, int]
+
+
+def _distances(delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = delta.reshape(len(delta), -1).astype(np.float64)
+    linf = np.abs(flat).max(axis=1) if flat.shape[1] else np.zeros(len(delta))
+    return linf.astype(np.float32), np.linalg.norm(flat, axis=1).astype(np.float32)
+
+
+def run_cascade(
+    executor: Executor,
+    attacks: Sequence[tuple[SuiteAttack, Any]],
+    norm: Norm,
+    x: np.ndarray,
+    y: np.ndarray,
+    clean_logits: np.ndarray,
+    example_ids: np.ndarray,
+    key: Sequence[int],
+    *,
+    cascade: bool = True,
+    keep_images: bool = False,
+    progress: PassProgress | None = None,
+) -> CascadeResult:
+    """Run the built suite ``attacks`` (spec, attack) at the ball ``norm`` on x [m, H, W, C]
+    with true labels y [m] and clean logits [m, K].
+
+    ``example_ids`` [m] are the examples' indices in the whole data set (they pick seeds);
+    ``key`` identifies the run. An adversarial counts only if it is misclassified, inside the
+    ball and inside the bounds; each counted one is re-classified by a fresh forward pass and
+    disagreements are counted (a deterministic model has none).
+    """
+    classifier: Classifier = executor.classifier
+    low, high = classifier.bounds
+    m, num_attacks = len(x), len(attacks)
+    clean_pred = clean_logits.argmax(axis=1)
+    correct = clean_pred == y
+    broken_by = np.where(correct, UNBROKEN, NOT_ATTACKED).astype(np.int64)
+    adversarial_pred = clean_pred.astype(np.int64)
+    adversarial_margin = margins(clean_logits, y)
+    linf, l2 = np.zeros(m, np.float32), np.zeros(m, np.float32)
+    evaluations = np.zeros(m, np.int64)
+    attacked = np.zeros((num_attacks, m), bool)
+    broken = np.zeros((num_attacks, m), bool)
+    x_adv = x.copy() if keep_images else None
+    stats: list[AttackStats] = []
+    verification = {"rechecked": 0, "outside_ball": 0, "disagreements": 0}
+
+    for a, (spec, attack) in enumerate(attacks):
+        started = time.perf_counter()
+        spent = 0
+        targets = top_other_classes(clean_logits, y, spec.top_k_targets)
+        passes: list[np.ndarray | None] = list(targets) if spec.top_k_targets else [None]
+        for p, pass_targets in enumerate(passes):
+            todo = correct & ~broken[a]
+            if cascade:
+                todo &= broken_by == UNBROKEN
+            idx = np.flatnonzero(todo)
+            if idx.size == 0:
+                continue
+            labels = y[idx] if pass_targets is None else pass_targets[idx]
+
+            def report(
+                done: int, total: int, name: str = spec.name, p: int = p, of: int = len(passes)
+            ) -> None:
+                if progress is not None:
+                    progress(name, p, of, done, total)
+
+            out = executor.run(
+                attack,
+                x[idx],
+                labels,
+                example_ids[idx],
+                (*key, a, p),
+                targeted=pass_targets is not None,
+                progress=report,
+            )
+            attacked[a, idx] = True
+            evaluations[idx] += out.evaluations
+            spent += int(out.evaluations.sum())
+            d_linf, d_l2 = _distances(out.x_adv - x[idx])
+            distance = d_linf if norm.name == "linf" else d_l2
+            inside = (distance <= norm.eps * (1 + _RELATIVE_SLACK) + _ABSOLUTE_SLACK) & np.all(
+                (out.x_adv >= low) & (out.x_adv <= high), axis=tuple(range(1, x.ndim))
+            )
+            predicted = out.logits.argmax(axis=1)
+            misclassified = predicted != y[idx]
+            hit = misclassified & inside
+            verification["outside_ball"] += int(np.sum(misclassified & ~inside))
+            if hit.any():
+                fresh = classifier.predict_logits(out.x_adv[hit], executor.chunk_size)
+                verification["rechecked"] += int(hit.sum())
+                verification["disagreements"] += int(np.sum(fresh.argmax(axis=1) == y[idx][hit]))
+            broken[a, idx[hit]] = True
+            out_margin = margins(out.logits, y[idx])
+            unbroken = broken_by[idx] == UNBROKEN
+            newly = hit & unbroken
+            keep = newly | (unbroken & inside & (out_margin > adversarial_margin[idx]))
+            rows = idx[keep]
+            broken_by[idx[newly]] = a
+            adversarial_pred[rows] = predicted[keep]
+            adversarial_margin[rows] = out_margin[keep]
+            linf[rows], l2[rows] = d_linf[keep], d_l2[keep]
+            if x_adv is not None:
+                x_adv[rows] = out.x_adv[keep]
+        still_robust = broken_by == UNBROKEN if cascade else correct & ~broken[a]
+        budget = full_budget(attack.config) * int(correct.sum()) * len(passes)
+        stats.append(
+            AttackStats(
+                attacked=int(attacked[a].sum()),
+                broken=int(broken[a].sum()),
+                robust_accuracy=float(still_robust.mean()) if m else 0.0,
+                gradient_evaluations=0 if spec.gradient_free else spent,
+                forward_evaluations=spent if spec.gradient_free else 0,
+                full_budget_gradient_evaluations=0 if spec.gradient_free else budget,
+                full_budget_forward_evaluations=budget if spec.gradient_free else 0,
+                wall_time_s=time.perf_counter() - started,
+            )
+        )
+    return CascadeResult(
+        robust=broken_by == UNBROKEN,
+        broken_by=broken_by,
+        adversarial_pred=adversarial_pred,
+        adversarial_margin=adversarial_margin,
+        linf=linf,
+        l2=l2,
+        evaluations=evaluations,
+        attacked=attacked,
+        broken=broken,
+        x_adv=x_adv,
+        stats=stats,
+        verification=verification,
+    )

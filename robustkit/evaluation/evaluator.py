@@ -1,0 +1,291 @@
+"""`evaluate()`: robust accuracy under an attack suite, with the sanity checks that keep it honest.
+
+For each eps (ascending) the suite runs as a cascade: every attack sees only the examples still
+robust, gradient-free attacks last, and each example keeps its strongest adversarial. The
+worst case per example is robust = correctly classified and broken by no attack.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import robustkit
+from robustkit.errors import InputError
+from robustkit.evaluation.cascade import run_cascade
+from robustkit.evaluation.checks import CheckContext, run_checks, select_checks
+from robustkit.evaluation.engine import Executor
+from robustkit.evaluation.report import AttackOutcome, ExampleRecords, RobustnessReport
+from robustkit.evaluation.suites import full_budget, resolve_suite
+from robustkit.models import Classifier
+from robustkit.norms import NORMS, Norm, make_norm
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Progress of one attack pass or check: ``done`` of ``total`` examples.
+
+    stage: "attack" or "check"; name: the attack or check; eps: the radius (None when the
+    check runs at no particular eps); target: 1-based target pass of a top-k targeted attack
+    and ``targets`` passes in all (1 and 1 otherwise).
+    """
+
+    stage: str
+    name: str
+    eps: float | None
+    done: int
+    total: int
+    target: int = 1
+    targets: int = 1
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def _read_data(classifier: Classifier, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Images [N, H, W, C] float32 and labels [N] int64 from (x, y) or {"x": .., "y": ..}."""
+    if isinstance(data, Mapping):
+        if "x" not in data or "y" not in data:
+            raise InputError("data as a mapping needs keys 'x' (images) and 'y' (labels).")
+        x, y = data["x"], data["y"]
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+    else:
+        raise InputError("data must be (x, y): images [N, H, W, C] in bounds and labels [N].")
+    if y is None:
+        raise InputError("Robust accuracy needs the true labels y; got None.")
+    images = classifier.validate_images(x, name="x").numpy()
+    if len(images) == 0:
+        raise InputError("data holds no images.")
+    labels = classifier.validate_labels(y, len(images), name="y").numpy().astype(np.int64)
+    return images, labels
+
+
+def _resolve_threat(threat: str | Norm, epsilons: Sequence[float] | None) -> tuple[str, list]:
+    """(norm name, ascending distinct radii)."""
+    if isinstance(threat, Norm):
+        name, default = threat.name, [threat.eps]
+    elif isinstance(threat, str) and threat.lower() in NORMS:
+        name, default = threat.lower(), None
+    else:
+        raise InputError(f"threat must be Linf(eps), L2(eps), 'linf' or 'l2'; got {threat!r}.")
+    values = default if epsilons is None else [float(eps) for eps in epsilons]
+    if not values:
+        raise InputError("Give at least one eps: epsilons=[...] or threat=Linf(eps).")
+    for eps in values:
+        make_norm(name, eps)  # validates
+    if len(set(values)) != len(values):
+        raise InputError(f"epsilons must be distinct, got {values}.")
+    return name, sorted(values)
+
+
+def _environment(executor: Executor, strategy: Any) -> dict[str, Any]:
+    return {
+        "robustkit": robustkit.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "strategy": None if strategy is None else type(strategy).__name__,
+        "replicas": executor.replicas,
+    }
+
+
+def evaluate(
+    classifier: Classifier,
+    data: Any,
+    threat: str | Norm = "linf",
+    epsilons: Sequence[float] | None = None,
+    *,
+    suite: str | Sequence[Any] = "standard",
+    seed: int = 0,
+    strategy: Any = None,
+    batch_size: int = 256,
+    cascade: bool = True,
+    checks: str | Sequence[str | int] | None = "all",
+    check_samples: int = 100,
+    per_example: bool = False,
+    return_images: bool = False,
+    progress: ProgressCallback | None = None,
+) -> RobustnessReport:
+    """Measure robust accuracy of ``classifier`` on ``data`` under an attack suite.
+
+    Args:
+        classifier: the model, in pixel space.
+        data: (x, y) or {"x": x, "y": y}: images [N, H, W, C] float32 in the classifier's
+            bounds and true labels [N].
+        threat: ``Linf(eps)`` / ``L2(eps)``, or "linf" / "l2" with ``epsilons``.
+        epsilons: radii in pixel units (e.g. [0.1, 0.2, 0.3]); default the threat's eps.
+        suite: "standard", "quick", or a list of SuiteAttack / PGD / FGSM / Square instances
+            (instances are rebuilt for each eps with their step size relative to eps).
+        seed: seed of every random draw; the same seed gives the same report numbers.
+        strategy: a ``tf.distribute`` strategy; chunks of ``batch_size`` examples are spread
+            over its replicas, with results identical to one device.
+        batch_size: examples per compiled chunk (per replica).
+        cascade: True: each attack sees only examples still robust (cheap). False: every
+            attack runs on every correctly classified example (each attack's own accuracy).
+        checks: "all", None, or names / numbers (1-9) of the sanity checks to run.
+        check_samples: size of the random subsample the extra-compute checks use.
+        per_example: keep per-example records in the report.
+        return_images: keep the adversarial images [E, N, H, W, C] in the report.
+        progress: called with a :class:`ProgressEvent` after each chunk.
+    """
+    started = time.perf_counter()
+    if not isinstance(classifier, Classifier):
+        raise InputError("Pass a robustkit Classifier: wrap your model as Classifier(model).")
+    if int(check_samples) < 1:
+        raise InputError(f"check_samples must be >= 1, got {check_samples!r}.")
+    x, y = _read_data(classifier, data)
+    norm_name, epsilons = _resolve_threat(threat, epsilons)
+    suite_name, specs = resolve_suite(suite)
+    check_names = select_checks(checks)
+    executor = Executor(classifier, strategy, batch_size)
+    n = len(x)
+
+    clean_logits = classifier.predict_logits(x, executor.chunk_size)
+    clean_seconds = time.perf_counter() - started
+    clean_pred = clean_logits.argmax(axis=1).astype(np.int64)
+    correct = clean_pred == y
+    logger.info("clean accuracy %.4f on %d examples", correct.mean(), n)
+
+    results, outcomes, built = [], [], []
+    verification = {"rechecked": 0, "outside_ball": 0, "disagreements": 0}
+    for e, eps in enumerate(epsilons):
+        norm = make_norm(norm_name, eps)
+        attacks = [(spec, spec.build(norm)) for spec in specs]
+        built.append([attack for _, attack in attacks])
+
+        def report(name: str, p: int, passes: int, done: int, total: int, eps=eps) -> None:
+            if progress is not None:
+                progress(ProgressEvent("attack", name, eps, done, total, p + 1, passes))
+
+        result = run_cascade(
+            executor,
+            attacks,
+            norm,
+            x,
+            y,
+            clean_logits,
+            np.arange(n),
+            (seed, e),
+            cascade=cascade,
+            keep_images=return_images,
+            progress=report,
+        )
+        results.append(result)
+        for key in verification:
+            verification[key] += result.verification[key]
+        for spec, stats in zip(specs, result.stats, strict=True):
+            outcomes.append(AttackOutcome(attack=spec.name, eps=eps, **vars(stats)))
+            logger.info("eps %g %s: robust accuracy %.4f", eps, spec.name, stats.robust_accuracy)
+    attacks_seconds = time.perf_counter() - started - clean_seconds
+
+    records = ExampleRecords(
+        labels=y,
+        clean_pred=clean_pred,
+        **{
+            name: np.stack([getattr(result, name) for result in results])
+            for name in (
+                "robust",
+                "broken_by",
+                "adversarial_pred",
+                "adversarial_margin",
+                "linf",
+                "l2",
+                "evaluations",
+            )
+        },
+        attacked=np.stack([result.attacked for result in results], axis=1),
+        broken=np.stack([result.broken for result in results], axis=1),
+    )
+
+    def check_progress(name: str, eps: float | None, done: int, total: int) -> None:
+        if progress is not None:
+            progress(ProgressEvent("check", name, eps, done, total))
+
+    rng = np.random.default_rng(seed)
+    subsample = np.sort(rng.choice(n, size=min(int(check_samples), n), replace=False))
+    context = CheckContext(
+        executor=executor,
+        suite=specs,
+        built=built,
+        norm_name=norm_name,
+        epsilons=epsilons,
+        x=x,
+        y=y,
+        clean_logits=clean_logits,
+        records=records,
+        verification=verification,
+        seed=seed,
+        cascade=cascade,
+        subsample=subsample,
+        progress=check_progress,
+    )
+    check_results = run_checks(context, check_names)
+    for check in check_results:
+        if check.verdict in ("warn", "fail"):
+            logger.warning("check %d %s: %s", check.number, check.verdict, check.explanation)
+    checks_seconds = time.perf_counter() - started - clean_seconds - attacks_seconds
+
+    spent = {
+        key: sum(getattr(outcome, key) for outcome in outcomes)
+        for key in (
+            "gradient_evaluations",
+            "forward_evaluations",
+            "full_budget_gradient_evaluations",
+            "full_budget_forward_evaluations",
+        )
+    }
+    full = spent["full_budget_gradient_evaluations"] + spent["full_budget_forward_evaluations"]
+    used = spent["gradient_evaluations"] + spent["forward_evaluations"]
+    spent["share_of_full_budget"] = used / full if full else None
+    descriptions = []
+    for a, spec in enumerate(specs):
+        configs = [attacks[a].config for attacks in built]
+        descriptions.append(
+            {
+                **spec.describe(),
+                "configs": configs,
+                "full_budget_per_example": full_budget(configs[0]),
+            }
+        )
+    return RobustnessReport(
+        norm=norm_name,
+        bounds=classifier.bounds,
+        epsilons=epsilons,
+        suite=suite_name,
+        attacks=descriptions,
+        mode="cascade" if cascade else "independent",
+        seed=int(seed),
+        num_examples=n,
+        num_classes=classifier.num_classes,
+        logits_source=classifier.logits_source,
+        clean_accuracy=float(correct.mean()),
+        robust_accuracy=[float(result.robust.mean()) for result in results],
+        outcomes=outcomes,
+        verification=verification,
+        checks=check_results,
+        cost=spent,
+        timing={
+            "total": time.perf_counter() - started,
+            "clean": clean_seconds,
+            "attacks": attacks_seconds,
+            "checks": checks_seconds,
+        },
+        settings={
+            "batch_size": executor.chunk_size,
+            "check_samples": len(subsample),
+            "checks": check_names,
+        },
+        environment=_environment(executor, strategy),
+        examples=records if per_example else None,
+        adversarial_images=np.stack([r.x_adv for r in results]) if return_images else None,
+    )
