@@ -219,6 +219,7 @@ def dp_sgd_privacy(
         raise InputError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}.")
     if not 0 < sample_rate <= 1:
         raise InputError(f"sample_rate must be in (0, 1], got {sample_rate!r}.")
+    sample_rate = float(sample_rate)
     if not 0 < delta < 1:
         raise InputError(f"delta must be in (0, 1), got {delta!r}.")
     if not (isinstance(steps, int) and steps >= 0):
@@ -231,6 +232,8 @@ def dp_sgd_privacy(
         raise RobustkitError(
             "Privacy accounting needs the dp-accounting package: pip install 'robustkit[dp]'."
         ) from error
+    if steps == 0:  # no data touched yet
+        return PrivacySpent(0.0, float(delta), accountant, float(noise_multiplier), sample_rate, 0)
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(
             sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
@@ -247,6 +250,6 @@ def dp_sgd_privacy(
         delta=float(delta),
         accountant=accountant,
         noise_multiplier=float(noise_multiplier),
-        sample_rate=float(sample_rate),
+        sample_rate=sample_rate,
         steps=steps,
     )

@@ -1,0 +1,25 @@
+"""Transformed under tf.distribute.MirroredStrategy on two logical CPU devices."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).with_name("opt_mirrored_run.py")
+
+
+def test_two_replicas_end_identical_and_equal_to_one_device() -> None:
+    # Logical devices must be configured before TensorFlow starts: run in a fresh process.
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == [2, 2, 2, 2]
+    assert report["replicas_identical"]
+    # Same gradients summed over replicas, same clip, same noise: the single-device run, up to
+    # the order of float additions.
+    assert report["max_difference_to_single_device"] < 1e-6
+    assert report["frozen_count"] > 0 and report["frozen_bit_identical"]
+    assert report["iterations"] == [8, 8]
+    assert abs(report["noise_std"] - 0.01) < 1e-7
