@@ -4,18 +4,21 @@ report with the options and (for IG) the completeness deltas."""
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
-from robustkit_cli.attack import resume_or_start, skip_row
+
+from robustkit.errors import InputError
+from robustkit.io import ImageBatch, ImageFolder, atomic_write, write_json
+from robustkit.saliency import Attribution, attribute, heatmap, overlay, save
+from robustkit.saliency.methods import METHOD_ALIASES
 from robustkit_cli.common import (
     NUMBER,
     Console,
+    FolderRun,
     check_output_folder,
-    class_names_of,
     environment_versions,
     handle_errors,
     image_options,
@@ -24,15 +27,10 @@ from robustkit_cli.common import (
     open_images,
     output_options,
     parse_class,
-    plan_outputs,
     refuse_overwriting_inputs,
-    summarize_notes,
+    resume_or_start,
+    skip_row,
 )
-
-from robustkit.errors import InputError
-from robustkit.io import ImageBatch, ImageFolder, RunJournal, atomic_write, write_json
-from robustkit.saliency import Attribution, attribute, heatmap, overlay, save
-from robustkit.saliency.methods import METHOD_ALIASES
 
 REPORT_JSON = "report.json"
 JOURNAL = ".robustkit-saliency-journal.jsonl"
@@ -49,6 +47,7 @@ METHOD_OPTIONS = {
     "--layer": (("gradcam",), "layer"),
     "--seed": (("ig", "smoothgrad"), "seed"),
 }
+SEEDED_METHODS = ("integrated_gradients", "smoothgrad")  # draw noise keyed by image index
 
 
 def method_options(method: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -65,8 +64,12 @@ def method_options(method: str, given: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-class SaliencyRun:
-    """Saliency maps for an image folder: batches, PNG and .npy output, journal, report rows."""
+class SaliencyRun(FolderRun):
+    """Saliency maps for an image folder: heatmap and overlay PNGs and the raw map per image."""
+
+    journal_name = JOURNAL
+    report_names = (REPORT_JSON,)
+    progress_label = "explaining"
 
     def __init__(
         self,
@@ -81,40 +84,37 @@ class SaliencyRun:
         batch_size: int,
         console: Console,
     ) -> None:
+        super().__init__(folder, out, suffixes=SUFFIXES, batch_size=batch_size, console=console)
         self.classifier = classifier
-        self.folder = folder
-        self.out = out
         self.method = method
         self.options = options
         self.target = target
         self.render = render
-        self.batch_size = batch_size
-        self.console = console
-        self.names = class_names_of(folder)
-        self.plan = plan_outputs([entry.relative for entry in folder.entries], SUFFIXES)
-        self.journal = RunJournal(out / JOURNAL)
         self.attribution_options: dict[str, Any] = {}
-
-    def output_files(self) -> list[Path]:
-        """Every file this run writes."""
-        files = [self.out / name for outputs in self.plan.values() for name in outputs]
-        return [*files, self.out / REPORT_JSON]
-
-    def _targets(self, batch: ImageBatch) -> Any:
-        if self.target == "label":
-            return batch.labels
-        return self.target
 
     def _name(self, index: int | None) -> str | None:
         return None if self.names is None or index is None else self.names[index]
 
-    def explain_batch(self, batch: ImageBatch) -> list[dict[str, Any]]:
-        """Maps for one batch; writes heatmap, overlay and .npy per image; returns report rows."""
+    def process_batch(self, batch: ImageBatch) -> list[dict[str, Any]]:
+        """Maps for one batch; writes heatmap, overlay and .npy per image; returns report rows.
+
+        Random draws (SmoothGrad noise, a uniform IG baseline) are keyed by each image's index
+        in the folder, so they do not depend on --batch-size.
+        """
         x = batch.pixels()
+        options = dict(self.options)
+        if self.method in SEEDED_METHODS:
+            options["first_image"] = self.batch_index * self.batch_size
         result: Attribution = attribute(
-            self.classifier, x, self.method, self._targets(batch), **self.options
+            self.classifier,
+            x,
+            self.method,
+            batch.labels if self.target == "label" else self.target,
+            **options,
         )
-        self.attribution_options = result.options
+        self.attribution_options = {
+            key: value for key, value in result.options.items() if key != "first_image"
+        }
         labels = batch.labels
         rows = []
         for i, entry in enumerate(batch.entries):
@@ -148,38 +148,6 @@ class SaliencyRun:
                 }
             )
         return rows
-
-    def run(self, done: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], int, float]:
-        """Explain every batch not finished in ``done`` (rows by path); batches are fixed slices
-        of the sorted file list, so a resumed run makes the same maps. Returns (new rows,
-        images explained, seconds)."""
-        entries = self.folder.entries
-        pending = [
-            entries[begin : begin + self.batch_size]
-            for begin in range(0, len(entries), self.batch_size)
-            if any(entry.relative not in done for entry in entries[begin : begin + self.batch_size])
-        ]
-        rows: list[dict[str, Any]] = []
-        explained = 0
-        notes: list[tuple[str, str]] = []
-        start = time.perf_counter()
-        with self.console.progress(sum(map(len, pending)), "explaining") as advance:
-            for chunk in pending:
-                batch = self.folder.read_batch(chunk)
-                notes.extend(batch.notes)
-                batch_rows = [skip_row(skip.relative, skip.reason) for skip in batch.skipped]
-                for skip in batch.skipped:
-                    self.console.warn(f"skipped {skip.relative}: {skip.reason}")
-                if batch.entries:
-                    batch_rows += self.explain_batch(batch)
-                    explained += len(batch.entries)
-                batch_rows = [row for row in batch_rows if row["path"] not in done]
-                self.journal.append(batch_rows)
-                rows += batch_rows
-                advance(len(chunk))
-        for line in summarize_notes(notes):
-            self.console.note(line)
-        return rows, explained, time.perf_counter() - start
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -53,14 +53,15 @@ def make_baseline(
     baseline: Any,
     *,
     seed: int = 0,
+    first_image: int = 0,
     blur_sigma: float = DEFAULT_BLUR_SIGMA,
 ) -> tf.Tensor:
     """The reference image for each image of x [N, H, W, C], as float32 [N, H, W, C].
 
     ``baseline`` is "black" (the low bound), "white" (the high bound), "uniform" (noise drawn
-    uniformly in the bounds; image i's noise is fixed by ``seed`` and i), "blur" (the image
-    blurred with a Gaussian of ``blur_sigma`` pixels), or an array in the bounds of shape
-    [H, W, C] (shared) or [N, H, W, C].
+    uniformly in the bounds; image i's noise is fixed by ``seed`` and ``first_image`` + i),
+    "blur" (the image blurred with a Gaussian of ``blur_sigma`` pixels), or an array in the
+    bounds of shape [H, W, C] (shared) or [N, H, W, C].
     """
     low, high = classifier.bounds
     if isinstance(baseline, str):
@@ -73,7 +74,7 @@ def make_baseline(
             if n == 0:
                 return tf.zeros_like(x)
             unit = random_rows(
-                tf.range(n),
+                tf.range(n, dtype=tf.int64) + int(first_image),
                 classifier.input_shape,
                 tf.constant(seed, tf.int64),
                 tf.random.stateless_uniform,
@@ -85,7 +86,7 @@ def make_baseline(
             f"Unknown baseline {baseline!r}; use one of {BASELINE_KINDS} or an image array."
         )
     values = np.asarray(baseline, dtype=np.float32)
-    if values.ndim == 3:
+    if values.shape == tuple(x.shape[1:]):
         values = np.broadcast_to(values, tuple(x.shape))
     if values.shape != tuple(x.shape):
         raise InputError(

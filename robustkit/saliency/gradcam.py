@@ -79,6 +79,24 @@ def find_layer(
     return matches[0]
 
 
+def _require_feature_map(layer: keras.layers.Layer, shape: Any) -> None:
+    """InputError unless the layer's output shape is [N, height, width, channels]."""
+    if len(shape) != 4:
+        raise InputError(
+            f"Layer {layer.name!r} outputs shape {tuple(shape)}; Grad-CAM needs "
+            "[N, height, width, channels]. Choose a convolutional layer."
+        )
+
+
+def _declared_output_shape(layer: keras.layers.Layer) -> Any:
+    """The layer's symbolic output shape, or None when it has no single one (e.g. a layer of
+    a subclassed model); the shape is then checked while the forward pass is traced."""
+    try:
+        return layer.output.shape
+    except (AttributeError, ValueError):
+        return None
+
+
 def _cam_function(
     classifier: Classifier, layer: keras.layers.Layer, objective: LossFunction
 ) -> Any:
@@ -97,11 +115,7 @@ def _cam_function(
                 layer,
                 loss=objective,
             )
-            if result.activation.shape.rank != 4:
-                raise InputError(
-                    f"Layer {layer.name!r} outputs shape {tuple(result.activation.shape)}; "
-                    "Grad-CAM needs [N, height, width, channels]. Choose a convolutional layer."
-                )
+            _require_feature_map(layer, result.activation.shape)
             channel_weights = tf.reduce_mean(result.gradient, axis=(1, 2), keepdims=True)
             cam = tf.nn.relu(tf.reduce_sum(channel_weights * result.activation, -1, keepdims=True))
             return (tf.image.resize(cam, (height, width), method="bilinear"),)
@@ -141,6 +155,9 @@ def grad_cam(
     """
     classifier = check_classifier(classifier)
     chosen = find_layer(classifier, layer)
+    declared = _declared_output_shape(chosen)
+    if declared is not None:
+        _require_feature_map(chosen, declared)
     classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
     function = _compiled.get(
         classifier,

@@ -112,17 +112,18 @@ def _path_function(classifier: Classifier, objective: LossFunction, baseline_sco
 
 
 def _noise_function(classifier: Classifier, objective: LossFunction) -> Any:
-    """Compiled ``(x, sigma, samples, seed, targets, chunk)`` -> (logits, targets, f(x),
-    sum g, sum |g|, sum g²) over gradients g at x + sigma * noise; the noise of sample j of
-    image i is fixed by the seed and i * samples + j."""
+    """Compiled ``(x, sigma, samples, seed, first_image, targets, chunk)`` -> (logits, targets,
+    f(x), sum g, sum |g|, sum g²) over gradients g at x + sigma * noise; the noise of sample j
+    of image i is fixed by the seed and row (first_image + i) * samples + j."""
 
-    def run(x, sigma, samples, seed, targets, chunk):
+    def run(x, sigma, samples, seed, first_image, targets, chunk):
         logits = chunked_logits(classifier, x, chunk)
         targets = fill_predicted(targets, logits)
 
         def contributions(image_index, sample_index):
+            image_number = first_image + tf.cast(image_index, tf.int64)
             noise = random_rows(
-                image_index * samples + sample_index,
+                image_number * tf.cast(samples, tf.int64) + tf.cast(sample_index, tf.int64),
                 classifier.input_shape,
                 seed,
                 tf.random.stateless_normal,
@@ -141,6 +142,7 @@ def _noise_function(classifier: Classifier, objective: LossFunction) -> Any:
         image_spec(classifier),
         tf.TensorSpec((), tf.float32),
         tf.TensorSpec((), tf.int32),
+        tf.TensorSpec((), tf.int64),
         tf.TensorSpec((), tf.int64),
         tf.TensorSpec((None,), tf.int32),
         tf.TensorSpec((), tf.int32),
@@ -242,6 +244,7 @@ def smoothgrad(
     samples: int = 50,
     aggregation: str = "mean",
     seed: int = 0,
+    first_image: int = 0,
     objective: str | LossFunction = "logit",
     internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
 ) -> Attribution:
@@ -253,8 +256,10 @@ def smoothgrad(
         samples: noisy copies per image.
         aggregation: "mean" of the gradients, "abs" (mean of |g|), "square" (SmoothGrad-Sq,
             mean of g²) or "vargrad" (variance of g over the samples, Adebayo et al. 2018).
-        seed: seed of the noise; the same seed gives the same bytes. The noise of an image
-            depends on its position in x and the seed, not on ``internal_batch_size``.
+        seed: seed of the noise; the same seed gives the same bytes. Image i's noise depends
+            only on the seed and first_image + i, not on ``internal_batch_size``.
+        first_image: index of x[0] in a longer stream of images, so that a stream explained
+            in batches (first_image = images before the batch) gets the noise of one big call.
         target, objective, internal_batch_size: as for :func:`gradient`.
     """
     if aggregation not in AGGREGATIONS:
@@ -274,6 +279,7 @@ def smoothgrad(
         tf.constant(float(noise) * (high - low), tf.float32),
         tf.constant(samples, tf.int32),
         tf.constant(int(seed), tf.int64),
+        tf.constant(int(first_image), tf.int64),
         targets,
         chunk,
     )
@@ -290,6 +296,7 @@ def smoothgrad(
         "samples": samples,
         "aggregation": aggregation,
         "seed": int(seed),
+        "first_image": int(first_image),
         **_common_options(objective, int(chunk)),
     }
     return Attribution(
@@ -312,6 +319,7 @@ def integrated_gradients(
     rule: str = "gauss_legendre",
     blur_sigma: float = DEFAULT_BLUR_SIGMA,
     seed: int = 0,
+    first_image: int = 0,
     objective: str | LossFunction = "logit",
     internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
 ) -> Attribution:
@@ -327,12 +335,15 @@ def integrated_gradients(
         steps: gradient evaluations per image.
         rule: "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid" or
             "gauss_legendre" (default: the most accurate for a smooth path).
-        seed: seed of the "uniform" baseline.
+        seed, first_image: seed of the "uniform" baseline; image i's noise is fixed by the seed
+            and first_image + i (see :func:`smoothgrad`).
         target, objective, internal_batch_size: as for :func:`gradient`.
     """
     alphas, weights = quadrature(rule, steps)
     classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
-    reference = make_baseline(classifier, x, baseline, seed=seed, blur_sigma=blur_sigma)
+    reference = make_baseline(
+        classifier, x, baseline, seed=seed, first_image=first_image, blur_sigma=blur_sigma
+    )
     logits, targets, score, baseline_score, path_sum = _integrate(
         classifier, x, reference, alphas, weights, targets, chunk, objective, True
     )
@@ -344,7 +355,7 @@ def integrated_gradients(
         "steps": int(steps),
         "rule": rule,
         **({"blur_sigma": float(blur_sigma)} if kind == "blur" else {}),
-        **({"seed": int(seed)} if kind == "uniform" else {}),
+        **({"seed": int(seed), "first_image": int(first_image)} if kind == "uniform" else {}),
         **_common_options(objective, int(chunk)),
     }
     return Attribution(
