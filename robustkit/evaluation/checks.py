@@ -200,6 +200,7 @@ def check_probabilities(context: CheckContext) -> CheckResult:
     else:
         verdict = "pass"
         explanation = f"The model outputs logits ({source}); rows do not sum to 1."
+    explanation += f" Outputs read on {len(context.subsample)} subsample examples."
     return CheckResult(1, "probabilities", verdict, explanation, len(context.subsample), details)
 
 
@@ -467,7 +468,10 @@ def check_large_eps(context: CheckContext) -> CheckResult:
         )
     else:
         verdict = "pass"
-        explanation = f"{setting}; {spec.name} brought accuracy to {_percent(accuracy)}."
+        explanation = (
+            f"{setting}; {spec.name} brought accuracy on the {len(idx)} subsample examples to "
+            f"{_percent(accuracy)}."
+        )
     return CheckResult(6, "large_eps", verdict, explanation, len(idx), details)
 
 
@@ -508,6 +512,7 @@ def check_gradient_free(context: CheckContext) -> CheckResult:
 def check_convergence(context: CheckContext) -> CheckResult:
     """8. Doubling steps, queries and restarts must not lower accuracy further."""
     records = context.records
+    n = len(context.subsample)
     idx = context.indices(context.correct)
     robust_counts = records.robust[:, idx].sum(axis=1)
     if len(idx) == 0 or not robust_counts.any():
@@ -515,18 +520,19 @@ def check_convergence(context: CheckContext) -> CheckResult:
             8,
             "convergence",
             "pass",
-            "No subsample example is robust at any eps; more budget cannot lower accuracy.",
-            len(idx),
+            f"None of the {n} subsample examples is robust at any eps; more budget cannot lower "
+            "accuracy.",
+            n,
         )
-    # the eps where accuracy is nearest half the clean level tells most; ties: the larger eps
-    distance = np.abs(robust_counts - len(idx) / 2)
+    # of the eps with robust examples left, the one where accuracy is nearest half the clean
+    # level tells most; ties: the larger eps
+    distance = np.where(robust_counts > 0, np.abs(robust_counts - len(idx) / 2), np.inf)
     e = int(np.flatnonzero(distance == distance.min())[-1])
     norm = make_norm(context.norm_name, context.epsilons[e])
     doubled = [(spec, spec.build(norm, DOUBLED_BUDGET)) for spec in context.suite]
     result = context.attack_cascade(doubled, norm, idx, (8, e), "convergence")
     before = records.robust[e, idx]
     extra = int(np.sum(before & ~result.robust))
-    n = len(context.subsample)
     accuracy_before = float(before.sum() / n)
     accuracy_after = float(np.sum(before & result.robust) / n)
     details = {
@@ -550,7 +556,7 @@ def check_convergence(context: CheckContext) -> CheckResult:
             "reported robust accuracy overestimates. Raise steps and restarts until it stops "
             "falling."
         )
-    return CheckResult(8, "convergence", verdict, explanation, len(idx), details)
+    return CheckResult(8, "convergence", verdict, explanation, n, details)
 
 
 def check_label_leaking(context: CheckContext) -> CheckResult:

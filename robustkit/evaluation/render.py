@@ -175,13 +175,19 @@ def robustness_curve(report: RobustnessReport) -> Image.Image:
         )
     ]
     lines.append(("worst case", (0, 0, 0), 4, report.robust_accuracy))
-    # the worst case first, so the thinner attack lines stay visible where they coincide
-    for n, (label, color, width, row) in sorted(enumerate(lines), key=lambda item: -item[1][2]):
+    tracks = []
+    for _, color, width, row in lines:
         points = [point(0.0, report.clean_accuracy)]
         points += [point(eps, acc) for eps, acc in zip(report.epsilons, row, strict=True)]
+        tracks.append((points, color, width))
+    # the thick worst-case line goes under the attack lines (visible where they coincide); its
+    # markers go on top of everything
+    for points, color, width in [tracks[-1], *tracks[:-1]]:
         draw.line(points, fill=color, width=width, joint="curve")
+    for points, color, width in tracks:
         for x, y in points:
             draw.ellipse([x - width - 1, y - width - 1, x + width + 1, y + width + 1], fill=color)
+    for n, (label, color, width, _) in enumerate(lines):
         legend_y = y1 + 10 + 24 * n
         draw.line([(x1 + 20, legend_y), (x1 + 50, legend_y)], fill=color, width=width)
         draw.text((x1 + 58, legend_y), label, fill="black", font=small, anchor="lm")

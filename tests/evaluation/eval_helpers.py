@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from robustkit.attacks import AttackTensors
+from robustkit.attacks import PGD, AttackTensors, Square
+from robustkit.evaluation import RobustnessReport, SuiteAttack, evaluate
 from robustkit.gradients import input_gradients
 from robustkit.models import Classifier
 
@@ -119,3 +120,31 @@ class LeakyStep:
         logits = classifier.logits(x_adv)
         success = tf.argmax(logits, axis=1, output_type=tf.int32) != labels
         return AttackTensors(x_adv, logits, success, success, tf.ones_like(labels))
+
+
+def mislabelled_quadrants(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quadrant data with two labels shifted, so some examples start misclassified."""
+    x, y = quadrant_data(n, seed)
+    y[[1, n // 2]] = (y[[1, n // 2]] + 1) % CLASSES
+    return x, y
+
+
+@functools.lru_cache(maxsize=1)
+def healthy_report() -> RobustnessReport:
+    """Every check on the trained model with an adequate suite, eps 0.1 (robust: the quadrant
+    contrast is large) and 0.3 (not robust); kept images and per-example records."""
+    suite = [
+        SuiteAttack("pgd-ce", PGD, {"steps": 20, "rel_step_size": 0.125}),
+        SuiteAttack("square", Square, {"queries": 100}),
+    ]
+    return evaluate(
+        healthy(),
+        mislabelled_quadrants(48, seed=21),
+        "linf",
+        [0.1, 0.3],
+        suite=suite,
+        seed=3,
+        check_samples=32,
+        per_example=True,
+        return_images=True,
+    )
