@@ -130,6 +130,9 @@ class Executor:
                 lambda context: tf.constant(padded[context.replica_id_in_sync_group][position])
             )
 
-        results = self.strategy.run(function, args=tuple(per_replica(i) for i in range(3)))
+        # each replica calls the compiled chunk function on its own device
+        results = self.strategy.run(
+            lambda *chunk: function(*chunk), args=tuple(per_replica(i) for i in range(3))
+        )
         local = [self.strategy.experimental_local_results(part) for part in results]
         return [tuple(part[r].numpy() for part in local) for r in range(len(group))]
