@@ -36,14 +36,11 @@ from robustkit.saliency import integrated_gradients, smoothgrad
 DEVICE = "CPU:0"
 
 
-def seconds(function, repeats: int) -> float:
-    """Median wall time of function() over repeats (s)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(function) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call of function()."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    function()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def peak_mib(function) -> float:
@@ -53,15 +50,17 @@ def peak_mib(function) -> float:
     return tf.config.experimental.get_memory_info(DEVICE)["peak"] / 2**20
 
 
-def speed(classifier, x: np.ndarray, steps: int, chunk: int, repeats: int) -> None:
+def speed(classifier, pool: np.ndarray, images: int, steps: int, chunk: int, repeats: int) -> None:
     """Print IG and SmoothGrad images/s against the limit.
 
     Each repeat times the limit on exactly the work of one run (images x steps / chunk passes
     on a batch of ``chunk``), then IG, then SmoothGrad, alternating the order between repeats;
-    the ratio of a repeat is limit seconds / method seconds.
+    the ratio of a repeat is limit seconds / method seconds, by the wall clock and by this
+    process's CPU time (which other processes competing for the cores disturb less).
     """
-    batch = tf.constant(x[:chunk])
-    targets = tf.constant(classifier.predict_logits(x[:chunk]).argmax(axis=1).astype(np.int32))
+    x = pool[:images]
+    batch = tf.constant(pool[:chunk])  # the limit's batch has exactly ``chunk`` images
+    targets = tf.constant(classifier.predict_logits(batch).argmax(axis=1).astype(np.int32))
     forward_backward = tf.function(
         lambda a, b: input_gradients(classifier, a, b, loss="logit").gradient
     )
@@ -78,24 +77,26 @@ def speed(classifier, x: np.ndarray, steps: int, chunk: int, repeats: int) -> No
     }
     for run in runs.values():
         run()  # trace once
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for repeat in range(repeats):
         order = list(runs) if repeat % 2 == 0 else list(runs)[::-1]
         for name in order:
-            times[name].append(seconds(runs[name], 1))
-    limit_rate = len(x) / statistics.median(times["limit"])
+            times[name].append(timed(runs[name]))
+    limit_rate = len(x) / statistics.median(wall for wall, _ in times["limit"])
     print(
         f"internal_batch_size {chunk}: limit ({steps} x compiled fwd+bwd at batch {chunk}) "
-        f"{limit_rate:6.1f} images/s"
+        f"{limit_rate:6.1f} images/s (wall)"
     )
     for name in ("IG", "SmoothGrad"):
-        ratios = [a / b for a, b in zip(times["limit"], times[name], strict=True)]
-        print(
-            f"  {name:10s} {len(x) / statistics.median(times[name]):6.1f} images/s, ratio to "
-            f"limit median {statistics.median(ratios):.3f} (repeats: "
-            + ", ".join(f"{r:.3f}" for r in ratios)
-            + ")"
-        )
+        rate = len(x) / statistics.median(wall for wall, _ in times[name])
+        for clock, index in (("wall", 0), ("CPU", 1)):
+            ratios = [a[index] / b[index] for a, b in zip(times["limit"], times[name], strict=True)]
+            print(
+                f"  {name:10s} {rate:6.1f} images/s; ratio to limit by {clock:4s} time: median "
+                f"{statistics.median(ratios):.3f} (repeats "
+                + " ".join(f"{r:.3f}" for r in ratios)
+                + ")"
+            )
 
 
 def memory(classifier, x: np.ndarray, chunk: int, steps_list: list[int]) -> None:
@@ -146,7 +147,7 @@ def main() -> None:
         f"TF {tf.__version__}; {args.images} held-out MNIST digits, {args.steps} steps/samples"
     )
     for chunk in (64, 256):
-        speed(classifier, x[: args.images], args.steps, chunk, args.repeats)
+        speed(classifier, x, args.images, args.steps, chunk, args.repeats)
     memory(classifier, x[: args.memory_images], 64, [50, 100, 200, 400])
 
 
