@@ -12,8 +12,20 @@ import numpy as np
 
 from robustkit.errors import InputError
 from robustkit.io import ImageBatch, ImageFolder, atomic_write, write_json
-from robustkit.saliency import Attribution, attribute, heatmap, overlay, save
-from robustkit.saliency.methods import METHOD_ALIASES
+from robustkit.saliency import (
+    AGGREGATIONS,
+    BASELINE_KINDS,
+    METHOD_ALIASES,
+    OBJECTIVES,
+    REDUCTIONS,
+    RULES,
+    VIEWS,
+    Attribution,
+    attribute,
+    heatmap,
+    overlay,
+    save,
+)
 from robustkit_cli.common import (
     NUMBER,
     Console,
@@ -199,7 +211,7 @@ def parse_target(value: str, folder: ImageFolder, num_classes: int) -> str | int
 )
 @click.option(
     "--objective",
-    type=click.Choice(["logit", "probability", "log_probability"]),
+    type=click.Choice(list(OBJECTIVES)),
     default="logit",
     show_default=True,
     help="The target's score that is explained.",
@@ -207,14 +219,12 @@ def parse_target(value: str, folder: ImageFolder, num_classes: int) -> str | int
 @click.option("--steps", type=click.IntRange(min=1), help="IG steps [default: 50].")
 @click.option(
     "--rule",
-    type=click.Choice(
-        ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre"]
-    ),
+    type=click.Choice(RULES),
     help="IG integration rule [default: gauss_legendre].",
 )
 @click.option(
     "--baseline",
-    type=click.Choice(["black", "white", "uniform", "blur"]),
+    type=click.Choice(BASELINE_KINDS),
     help="IG baseline image [default: black].",
 )
 @click.option("--samples", type=click.IntRange(min=1), help="SmoothGrad samples [default: 50].")
@@ -225,7 +235,7 @@ def parse_target(value: str, folder: ImageFolder, num_classes: int) -> str | int
 )
 @click.option(
     "--aggregation",
-    type=click.Choice(["mean", "abs", "square", "vargrad"]),
+    type=click.Choice(AGGREGATIONS),
     help="SmoothGrad aggregation [default: mean].",
 )
 @click.option("--layer", help="Grad-CAM layer name [default: the last convolution].")
@@ -239,14 +249,14 @@ def parse_target(value: str, folder: ImageFolder, num_classes: int) -> str | int
 )
 @click.option(
     "--view",
-    type=click.Choice(["sequential", "diverging"]),
+    type=click.Choice(VIEWS),
     default="sequential",
     show_default=True,
     help="Magnitudes (fire colormap) or signed values (blue-black-red).",
 )
 @click.option(
     "--reduction",
-    type=click.Choice(["sum", "abs-sum", "max", "l2"]),
+    type=click.Choice(REDUCTIONS),
     help="Channel reduction [default: abs-sum for sequential, sum for diverging].",
 )
 @click.option(
