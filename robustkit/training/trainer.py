@@ -39,7 +39,7 @@ from robustkit.training.state import TrainerState, WeightSnapshot
 
 logger = logging.getLogger(__name__)
 
-GUARD_ACTIONS = ("stop", "rollback")
+GUARD_ACTIONS = ("stop", "rollback", "monitor")
 KEEP_CHECKPOINTS = 3
 EVALUATION_BATCH = 500
 # Output activations that still give logits or probabilities; anything else (sigmoid, relu, ...)
@@ -89,8 +89,8 @@ class AdversarialTrainer:
             of ``guard_size`` examples with ``validation_attack``; if its robust accuracy falls
             more than ``guard_drop`` below the best seen, ``"stop"`` restores the weights of the
             previous epoch and stops, ``"rollback"`` restores weights and optimizer state and
-            carries on (stopping after ``max_rollbacks``). ``"auto"``: "stop" for the fast
-            method, off otherwise; None: off.
+            carries on (stopping after ``max_rollbacks``), ``"monitor"`` only records it.
+            ``"auto"``: "stop" for the fast method, off otherwise; None: off.
         seed: seed of the random generator behind every attack's random start.
     """
 
@@ -505,7 +505,8 @@ class AdversarialTrainer:
             self._state.guard_reference.assign(max(reference, accuracy))
             self._good.take(variables)
             return {"guard_accuracy": accuracy, "guard_fired": 0.0}
-        self._good.put_back(variables)
+        if self.overfit_guard != "monitor":
+            self._good.put_back(variables)
         history.add_event(
             epoch,
             "overfit_guard",
@@ -515,11 +516,11 @@ class AdversarialTrainer:
         )
         logger.warning(
             "Catastrophic overfitting at epoch %d: PGD accuracy on the guard batch fell from "
-            "%.3f to %.3f; %s to the weights of the previous epoch.",
+            "%.3f to %.3f (guard action: %s).",
             epoch + 1,
             reference,
             accuracy,
-            "stopping and restoring" if self.overfit_guard == "stop" else "rolling back",
+            self.overfit_guard,
         )
         return {"guard_accuracy": accuracy, "guard_fired": 1.0}
 
@@ -529,7 +530,7 @@ class AdversarialTrainer:
         if fired and fired[-1]["epoch"] == epoch:
             if self.overfit_guard == "stop":
                 return "overfit_guard"
-            if len(fired) > self.max_rollbacks:
+            if self.overfit_guard == "rollback" and len(fired) > self.max_rollbacks:
                 return "overfit_guard_rollbacks"
         best = int(self._state.best_epoch.numpy())
         if self.patience is not None and best >= 0 and epoch - best >= self.patience:

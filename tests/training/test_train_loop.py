@@ -12,6 +12,7 @@ from training_helpers import blobs, linear_model, small_cnn, weights_of
 
 from robustkit.attacks import PGD
 from robustkit.errors import InputError, OutputExistsError, RobustkitError
+from robustkit.optimizers import clipped_noisy
 from robustkit.training import AdversarialTrainer, PiecewiseLinear, TrainingHistory, eps_ramp
 
 X, Y = blobs(48, seed=2)
@@ -48,10 +49,11 @@ class WeightsPerEpoch(keras.callbacks.Callback):
 
 
 def bn_trainer(seed: int) -> AdversarialTrainer:
-    """PGD training with random starts, BatchNorm and Adam under a schedule: every piece of
-    state a resume must restore."""
+    """PGD training with random starts, BatchNorm, and clipped noisy Adam under a schedule:
+    every piece of state a resume must restore."""
     model = small_cnn(seed=seed, batch_norm=True)
-    optimizer = keras.optimizers.Adam(PiecewiseLinear([0, 6, 12], [0.0, 0.02, 0.001]))
+    adam = keras.optimizers.Adam(PiecewiseLinear([0, 6, 12], [0.0, 0.02, 0.001]))
+    optimizer = clipped_noisy(adam, clip_norm=0.5, noise=0.01, seed=3)
     return AdversarialTrainer(
         model, optimizer, PGD("linf", 0.1, steps=2), eps_schedule=eps_ramp(0.1, 2), seed=7
     )
@@ -139,7 +141,7 @@ def robust_linear_model() -> keras.Model:
     return linear_model(weights, np.zeros(3), (6, 6, 1))
 
 
-@pytest.mark.parametrize("action", ["stop", "rollback"])
+@pytest.mark.parametrize("action", ["stop", "rollback", "monitor"])
 def test_overfit_guard_fires_on_forced_collapse(action: str) -> None:
     model = robust_linear_model()
     trainer = AdversarialTrainer(
@@ -155,10 +157,15 @@ def test_overfit_guard_fires_on_forced_collapse(action: str) -> None:
     history = trainer.fit(
         (X, Y), 4, batch_size=16, shuffle=False, callbacks=[Collapse(epoch=1), recorder]
     )
-    assert history.history["guard_fired"] == [0.0, 1.0]
-    assert history.history["guard_accuracy"][0] > 0.9 > 0.7 > history.history["guard_accuracy"][1]
+    guard = history.history["guard_accuracy"]
+    assert guard[0] > 0.9 > 0.7 > guard[1]
     event = history.events[0]
     assert (event["event"], event["epoch"], event["action"]) == ("overfit_guard", 1, action)
+    if action == "monitor":  # recorded, nothing restored, training goes on
+        assert history.history["guard_fired"][:2] == [0.0, 1.0] and len(history.epoch) == 4
+        assert history.stop_reason is None
+        return
+    assert history.history["guard_fired"] == [0.0, 1.0]
     expected_reason = "overfit_guard" if action == "stop" else "overfit_guard_rollbacks"
     assert history.stop_reason == expected_reason
     for got, want in zip(weights_of(model), recorder.weights[0], strict=True):

@@ -20,18 +20,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from training_helpers import blobs, small_cnn, weights_of
 
 from robustkit.attacks import PGD
+from robustkit.optimizers import clipped_noisy
 from robustkit.training import AdversarialTrainer
 
 X, Y = blobs(52, seed=4)  # batches of 16, 16, 16 and 4 examples
 X_VAL, Y_VAL = blobs(20, seed=5)
 
 
-def train(strategy: tf.distribute.Strategy) -> tuple[list[np.ndarray], dict[str, list[float]]]:
+def optimizer(name: str) -> keras.optimizers.Optimizer:
+    sgd = keras.optimizers.SGD(0.2, momentum=0.9)  # not scale-invariant, unlike Adam
+    if name == "sgd":
+        return sgd
+    # Clipping must see the global gradient and the noise must be drawn once per step.
+    return clipped_noisy(sgd, clip_norm=0.3, noise=0.05, seed=2)
+
+
+def train(
+    strategy: tf.distribute.Strategy, optimizer_name: str
+) -> tuple[list[np.ndarray], dict[str, list[float]]]:
     with strategy.scope():
         model = small_cnn(seed=11)
         trainer = AdversarialTrainer(
             model,
-            keras.optimizers.SGD(0.2, momentum=0.9),  # not scale-invariant, unlike Adam
+            optimizer(optimizer_name),
             PGD("linf", 0.1, steps=3, random_start=False),
             method="mixed",
             gradient_penalty=0.05,
@@ -46,24 +57,25 @@ def main() -> None:
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
-    one_weights, one_history = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    two_weights, two_history = train(mirrored)
     initial = weights_of(small_cnn(seed=11))
-    report = {
-        "replicas": mirrored.num_replicas_in_sync,
-        "weight_difference": max(
-            float(np.max(np.abs(a - b))) for a, b in zip(one_weights, two_weights, strict=True)
-        ),
-        "weight_change": max(
-            float(np.max(np.abs(a - b))) for a, b in zip(one_weights, initial, strict=True)
-        ),
-        "metric_difference": {
-            name: float(np.max(np.abs(np.subtract(values, two_history[name]))))
-            for name, values in one_history.items()
-            if name != "seconds"
-        },
-    }
+    report = {"replicas": mirrored.num_replicas_in_sync}
+    for name in ("sgd", "clipped_noisy"):
+        one_weights, one_history = train(tf.distribute.OneDeviceStrategy("/cpu:0"), name)
+        two_weights, two_history = train(mirrored, name)
+        report[name] = {
+            "weight_difference": max(
+                float(np.max(np.abs(a - b))) for a, b in zip(one_weights, two_weights, strict=True)
+            ),
+            "weight_change": max(
+                float(np.max(np.abs(a - b))) for a, b in zip(one_weights, initial, strict=True)
+            ),
+            "metric_difference": {
+                metric: float(np.max(np.abs(np.subtract(values, two_history[metric]))))
+                for metric, values in one_history.items()
+                if metric != "seconds"
+            },
+        }
     print(json.dumps(report))
 
 
