@@ -116,10 +116,12 @@ class CheckContext:
 
     def fgsm(self, e: int) -> AttackOutput:
         """FGSM (one cross-entropy step of size eps, no random start) with the true labels on
-        the whole subsample at the e-th eps (cached: checks 4 and 9 share it)."""
+        every example at the e-th eps (cached: checks 4 and 9 share it; one gradient
+        evaluation per example, so no subsample is needed)."""
         if e not in self._fgsm:
             norm = make_norm(self.norm_name, self.epsilons[e])
-            self._fgsm[e] = self.attack(FGSM(norm), self.subsample, (4, e), "single_step", norm.eps)
+            everything = np.arange(len(self.x))
+            self._fgsm[e] = self.attack(FGSM(norm), everything, (4, e), "single_step", norm.eps)
         return self._fgsm[e]
 
     def fresh_predictions(self, x: np.ndarray) -> np.ndarray:
@@ -330,20 +332,17 @@ def check_single_step(context: CheckContext) -> CheckResult:
         return CheckResult(
             4, "single_step", "not run", "The suite has no gradient attack to compare with FGSM."
         )
-    idx = context.indices(context.correct)
-    position = np.isin(context.subsample, idx)
+    n = len(context.x)
+    everything = np.arange(n)
     per_eps, verdicts = [], []
     for e, eps in enumerate(context.epsilons):
         out = context.fgsm(e)
-        fgsm_broken = (out.logits.argmax(1) != context.y[context.subsample]) & context.within_ball(
-            out.x_adv, context.subsample, eps
-        )
-        fgsm_broken = fgsm_broken[position]
-        iterative_broken = context.records.broken[gradient, e][:, idx].any(axis=0)
-        suite_broken = ~context.records.robust[e, idx]
-        missed = int(np.sum(fgsm_broken & ~suite_broken))
-        fgsm_accuracy = 1 - float(fgsm_broken.mean()) if len(idx) else 0.0
-        iterative_accuracy = 1 - float(iterative_broken.mean()) if len(idx) else 0.0
+        fgsm_broken = context.correct & (out.logits.argmax(1) != context.y)
+        fgsm_broken &= context.within_ball(out.x_adv, everything, eps)
+        iterative_broken = context.records.broken[gradient, e].any(axis=0)
+        missed = int(np.sum(fgsm_broken & context.records.robust[e]))
+        fgsm_accuracy = float(np.mean(context.correct & ~fgsm_broken))
+        iterative_accuracy = float(np.mean(context.correct & ~iterative_broken))
         if missed or fgsm_accuracy < iterative_accuracy:
             verdicts.append("fail")
         elif fgsm_broken.any() and fgsm_accuracy == iterative_accuracy and fgsm_accuracy > 0:
@@ -365,21 +364,22 @@ def check_single_step(context: CheckContext) -> CheckResult:
         f"{_percent(row['iterative_accuracy'])}"
         for row in per_eps
     )
+    where = f"one FGSM step on each of the {n} examples"
     if verdict == "fail":
         explanation = (
             f"A single FGSM step did at least as well as the iterative attacks and found "
-            f"adversarials the suite missed ({table}, on the {len(idx)} correctly classified "
-            "subsample examples). Iterative attacks are strictly stronger on honest models; this "
-            "points at gradient masking or badly tuned steps. The reported numbers are too high."
+            f"adversarials the suite missed ({table}; {where}). Iterative attacks are strictly "
+            "stronger on honest models; this points at gradient masking or badly tuned steps. "
+            "The reported numbers are too high."
         )
     elif verdict == "warn":
         explanation = (
-            f"Iterative attacks broke no more examples than one FGSM step at some eps ({table}, "
-            f"{len(idx)} subsample examples); more steps should help unless gradients mislead."
+            f"Iterative attacks broke no more examples than one FGSM step at some eps ({table}; "
+            f"{where}); more steps should help unless gradients mislead."
         )
     else:
-        explanation = f"Iterative attacks beat one FGSM step ({table}, {len(idx)} examples)."
-    return CheckResult(4, "single_step", verdict, explanation, len(idx), {"per_eps": per_eps})
+        explanation = f"Iterative attacks beat one FGSM step ({table}; {where})."
+    return CheckResult(4, "single_step", verdict, explanation, n, {"per_eps": per_eps})
 
 
 def check_monotonicity(context: CheckContext) -> CheckResult:
@@ -561,32 +561,26 @@ def check_convergence(context: CheckContext) -> CheckResult:
 
 def check_label_leaking(context: CheckContext) -> CheckResult:
     """9. Adversarial accuracy must not exceed clean accuracy (label leaking)."""
-    records = context.records
-    structural = int(np.sum(records.robust & ~context.correct))
-    wrong = context.indices(~context.correct)
-    subsample = context.subsample
-    clean_accuracy = float(np.mean(context.correct[subsample]))
+    structural = int(np.sum(context.records.robust & ~context.correct))
+    n = len(context.x)
+    wrong = np.flatnonzero(~context.correct)
+    clean_accuracy = float(np.mean(context.correct))
     untargeted = [a for a, spec in enumerate(context.suite) if not spec.top_k_targets]
     per_eps, returned_total, verdicts = [], 0, []
     for e, eps in enumerate(context.epsilons):
-        fgsm = context.fgsm(e)
         fgsm_accuracy = float(
-            np.mean(context.fresh_predictions(fgsm.x_adv) == context.y[subsample])
+            np.mean(context.fresh_predictions(context.fgsm(e).x_adv) == context.y)
         )
         returned = {}
-        if len(wrong):
-            for a in untargeted:
-                spec = context.suite[a]
-                out = context.attack(context.built[e][a], wrong, (9, e, a), "label_leaking", eps)
-                back = (context.fresh_predictions(out.x_adv) == context.y[wrong]) & (
-                    context.within_ball(out.x_adv, wrong, eps)
-                )
-                returned[spec.name] = int(back.sum())
+        for a in untargeted if len(wrong) else []:
+            out = context.attack(context.built[e][a], wrong, (9, e, a), "label_leaking", eps)
+            back = context.fresh_predictions(out.x_adv) == context.y[wrong]
+            returned[context.suite[a].name] = int(
+                np.sum(back & context.within_ball(out.x_adv, wrong, eps))
+            )
         count = max(returned.values(), default=0)
         returned_total += count
-        verdicts.append(
-            "fail" if fgsm_accuracy > clean_accuracy else _share_verdict(count, len(subsample))
-        )
+        verdicts.append("fail" if fgsm_accuracy > clean_accuracy else _share_verdict(count, n))
         per_eps.append(
             {"eps": eps, "fgsm_accuracy": fgsm_accuracy, "returned_to_true_class": returned}
         )
@@ -595,14 +589,14 @@ def check_label_leaking(context: CheckContext) -> CheckResult:
     verdict = _worst(verdicts)
     details = {
         "clean_accuracy": clean_accuracy,
-        "misclassified_in_subsample": len(wrong),
+        "misclassified": len(wrong),
         "robust_but_misclassified": structural,
         "per_eps": per_eps,
     }
     setting = (
-        f"On the {len(subsample)}-example subsample (clean accuracy {_percent(clean_accuracy)}), "
-        f"FGSM with the true labels and every untargeted attack on the {len(wrong)} "
-        "misclassified examples were checked by fresh forward passes"
+        f"One FGSM step with the true labels on each of the {n} examples (clean accuracy "
+        f"{_percent(clean_accuracy)}) and every untargeted attack on the {len(wrong)} "
+        "misclassified ones, judged by fresh forward passes"
     )
     if verdict == "pass":
         explanation = (
@@ -617,7 +611,7 @@ def check_label_leaking(context: CheckContext) -> CheckResult:
             "helps the model leaks the label (Kurakin et al. 2017) or the forward pass is "
             "random; adversarial accuracy above clean accuracy is a red flag."
         )
-    return CheckResult(9, "label_leaking", verdict, explanation, len(subsample), details)
+    return CheckResult(9, "label_leaking", verdict, explanation, n, details)
 
 
 CHECKS: dict[str, Callable[[CheckContext], CheckResult]] = {
