@@ -23,7 +23,7 @@ from robustkit.saliency.attribution import Attribution
 from robustkit.saliency.baselines import DEFAULT_BLUR_SIGMA, make_baseline
 from robustkit.saliency.engine import (
     DEFAULT_INTERNAL_BATCH_SIZE,
-    CompiledCache,
+    compiled,
     image_spec,
     positive_int,
     prepare_inputs,
@@ -35,8 +35,6 @@ from robustkit.saliency.methods import get_method
 from robustkit.saliency.render import reduce_channels
 
 TRUNCATION = 2.0  # randomized weights are normal draws cut at 2 standard deviations
-
-_compiled = CompiledCache()
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:
@@ -306,7 +304,7 @@ def deletion_insertion(
     np.put_along_axis(ranks, order, np.arange(order.shape[1])[None, :], axis=1)
     pixels = height * width
     counts = np.rint(np.linspace(0, pixels, steps + 1)).astype(np.int32)
-    function = _compiled.get(classifier, "curves", lambda: _curve_function(classifier))
+    function = compiled(classifier, "curves", lambda: _curve_function(classifier))
     ranks = tf.constant(ranks, tf.int32)
     counts_tensor = tf.constant(counts)
 

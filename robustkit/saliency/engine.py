@@ -3,12 +3,11 @@
 All per-point work (steps × samples × images) runs in :func:`sum_over_points`: one
 ``tf.while_loop`` over chunks of ``chunk_size`` points, so memory is bounded by the chunk size and
 not by the number of steps or samples. A point's result depends only on which image and which
-step or sample it is, never on how the points are grouped into chunks.
+step or sample it is, not on how the points are grouped into chunks (up to float rounding).
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,6 +58,7 @@ def objective_name(objective: str | LossFunction) -> str:
 
 
 def check_classifier(classifier: Any) -> Classifier:
+    """``classifier`` if it is a :class:`Classifier`, else InputError."""
     if not isinstance(classifier, Classifier):
         raise InputError("Pass a robustkit Classifier: wrap your model as Classifier(model).")
     return classifier
@@ -66,7 +66,9 @@ def check_classifier(classifier: Any) -> Classifier:
 
 def positive_int(value: Any, name: str) -> int:
     """``value`` as an int >= 1, or InputError."""
-    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+    if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.integer)):
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}.")
+    if int(value) != value or int(value) < 1:
         raise InputError(f"{name} must be an integer >= 1, got {value!r}.")
     return int(value)
 
@@ -183,19 +185,19 @@ def random_rows(
     return tf.gather(drawn, row_index - first_block * block_rows)
 
 
-class CompiledCache:
-    """Compiled functions per classifier and key, dropped with the classifier."""
+COMPILED_ATTRIBUTE = "_robustkit_saliency_functions"
 
-    def __init__(self) -> None:
-        self._functions: weakref.WeakKeyDictionary[Classifier, dict[Any, Any]] = (
-            weakref.WeakKeyDictionary()
-        )
 
-    def get(self, classifier: Classifier, key: Any, build: Callable[[], Any]) -> Any:
-        functions = self._functions.setdefault(classifier, {})
-        if key not in functions:
-            functions[key] = build()
-        return functions[key]
+def compiled(classifier: Classifier, key: Any, build: Callable[[], Any]) -> Any:
+    """The compiled function ``build()`` for this classifier and key, built once.
+
+    Kept on the classifier itself, so it lives exactly as long as the classifier (a module-level
+    cache would keep every classifier alive through the functions' closures).
+    """
+    functions = vars(classifier).setdefault(COMPILED_ATTRIBUTE, {})
+    if key not in functions:
+        functions[key] = build()
+    return functions[key]
 
 
 def image_spec(classifier: Classifier) -> tf.TensorSpec:

@@ -21,9 +21,9 @@ from robustkit.models import Classifier
 from robustkit.saliency.attribution import Attribution
 from robustkit.saliency.engine import (
     DEFAULT_INTERNAL_BATCH_SIZE,
-    CompiledCache,
     check_classifier,
     chunked_logits,
+    compiled,
     fill_predicted,
     get_objective,
     image_spec,
@@ -38,8 +38,6 @@ CONV_LAYER_TYPES = (
     keras.layers.SeparableConv2D,
     keras.layers.Conv2DTranspose,
 )
-
-_compiled = CompiledCache()
 
 
 def all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
@@ -159,9 +157,9 @@ def grad_cam(
     if declared is not None:
         _require_feature_map(chosen, declared)
     classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
-    function = _compiled.get(
+    function = compiled(
         classifier,
-        (chosen, objective),
+        ("grad_cam", chosen, objective),
         lambda: _cam_function(classifier, chosen, get_objective(objective)),
     )
     logits, targets, score, maps = (r.numpy() for r in function(x, targets, chunk))

@@ -22,8 +22,8 @@ from robustkit.saliency.attribution import Attribution
 from robustkit.saliency.baselines import DEFAULT_BLUR_SIGMA, make_baseline
 from robustkit.saliency.engine import (
     DEFAULT_INTERNAL_BATCH_SIZE,
-    CompiledCache,
     chunked_logits,
+    compiled,
     fill_predicted,
     get_objective,
     image_spec,
@@ -37,8 +37,6 @@ from robustkit.saliency.gradcam import grad_cam
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre")
 AGGREGATIONS = ("mean", "abs", "square", "vargrad")
-
-_compiled = CompiledCache()
 
 
 def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +159,7 @@ def _integrate(
     objective: str | LossFunction,
     baseline_score: bool,
 ) -> tuple[np.ndarray, ...]:
-    function = _compiled.get(
+    function = compiled(
         classifier,
         ("path", objective, baseline_score),
         lambda: _path_function(classifier, get_objective(objective), baseline_score),
@@ -269,7 +267,7 @@ def smoothgrad(
     samples = positive_int(samples, "samples")
     classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
     low, high = classifier.bounds
-    function = _compiled.get(
+    function = compiled(
         classifier,
         ("noise", objective),
         lambda: _noise_function(classifier, get_objective(objective)),
