@@ -42,8 +42,11 @@ def per_example_gradients(
             ``keras.losses.SparseCategoricalCrossentropy(from_logits=True)``; its result is summed.
         x: inputs [B, ...]; y: targets [B, ...].
         variables: the weights to differentiate (usually ``model.trainable_variables``).
-        training: passed to the model call. Layers that mix examples (BatchNorm in training)
-            or draw random numbers statefully (Dropout) do not belong in a DP-SGD model.
+        training: passed to the model call. Examples are vectorized, not looped: BatchNorm in
+            training mode normalises each example by itself, and Dropout draws one mask shared
+            by the whole batch. TensorFlow vectorizes Conv2D filter gradients as a parallel
+            while-loop (it logs "Conv2DBackpropFilter uses a while_loop"), so convolutions cost
+            more per example than dense layers.
 
     Returns:
         losses float32 [B] and, per variable, gradients [B, *variable.shape].

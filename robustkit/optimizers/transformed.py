@@ -12,11 +12,13 @@ Keras built-ins do the rest; set them on the inner optimizer:
   end through ``finalize_variable_values``, which the wrapper forwards);
 - gradient accumulation: ``gradient_accumulation_steps=k``. The transforms then act on each
   micro-batch gradient as it arrives (so noise added per micro-batch is averaged over k).
+
+Saved models name the classes ``robustkit>Transformed`` etc.: ``import robustkit.optimizers``
+before ``keras.models.load_model``.
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -33,8 +35,6 @@ from robustkit.optimizers.transforms import (
     global_norm,
     zero_where,
 )
-
-logger = logging.getLogger(__name__)
 
 # Quantities of the opt-in debug record, one keras.metrics.Mean each.
 DEBUG_QUANTITIES = ("grad_norm", "clipped_grad_norm", "noise_std", "update_norm")
@@ -55,6 +55,12 @@ class Transformed(keras.optimizers.Optimizer):
     Put clipping before noise, as :func:`clipped_noisy` does, so that the noise is not clipped
     away. Noise is drawn from a stateless generator keyed by ``(seed, step)``: both live in
     optimizer variables, so a saved and reloaded model draws exactly the noise it would have.
+
+    Under ``tf.distribute.MirroredStrategy`` every replica transforms the same all-reduced
+    gradient with the same noise and hands ``1 / replicas`` of it to the inner optimizer, whose
+    own all-reduce sums the shares back: replicas stay identical and the step equals the
+    single-device step (one extra all-reduce per step). With XLA (``jit_compile=True``) every
+    transform but :class:`CheckNumerics` compiles.
 
     Args:
         inner: the Keras 3 optimizer taking the step. It must not clip itself (``clipnorm``,
@@ -194,7 +200,8 @@ class Transformed(keras.optimizers.Optimizer):
             g if frozen is None else zero_where(frozen[0], g)
             for g, frozen in zip(grads, context.frozen, strict=True)
         ]
-        record["noise_std"] = tf.sqrt(context.noise_variance)
+        if self.debug:
+            record["noise_std"] = tf.sqrt(context.noise_variance)
         return grads, context, record
 
     def _restore_frozen(
