@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from robustkit.errors import InputError, RobustkitError
+from robustkit.optimizers.transforms import gaussian_like
 
 ACCOUNTANTS = ("rdp", "pld")
 
@@ -84,7 +86,9 @@ class DPSGDStep:
     ``step(x, y)`` computes per-example gradients, clips each to ``l2_norm_clip``, sums them,
     adds Gaussian noise of std ``noise_multiplier · l2_norm_clip``, divides by the batch size,
     applies the result with ``optimizer`` and returns the mean loss. Noise comes from a
-    stateless generator keyed by ``(seed, steps)``: the same seed gives the same bytes.
+    stateless generator keyed by ``(seed, steps)``: the same seed gives the same bytes. Whoever
+    knows the seed can subtract the noise, so the privacy guarantee holds only for a secret
+    seed: leave ``seed=None`` (drawn from ``secrets``) outside tests.
 
     Args:
         model: a built Keras model; see :func:`per_example_gradients` for layers to avoid.
@@ -92,7 +96,7 @@ class DPSGDStep:
         optimizer: any Keras optimizer; it is built on the model's trainable variables.
         l2_norm_clip: per-example gradient bound C (> 0).
         noise_multiplier: σ, the noise std in units of C (>= 0).
-        seed: integer noise seed.
+        seed: integer noise seed; None draws a secret one.
         training: passed to the model call.
     """
 
@@ -104,7 +108,7 @@ class DPSGDStep:
         *,
         l2_norm_clip: float,
         noise_multiplier: float,
-        seed: int = 0,
+        seed: int | None = None,
         training: bool = True,
     ) -> None:
         if not (math.isfinite(l2_norm_clip) and l2_norm_clip > 0):
@@ -123,6 +127,8 @@ class DPSGDStep:
         self.noise_multiplier = float(noise_multiplier)
         self.training = bool(training)
         self.variables = list(model.trainable_variables)
+        if seed is None:
+            seed = secrets.randbelow(2**63)
         self.seed = tf.constant(int(seed), tf.int64)
         self.steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="dp_sgd_steps")
         optimizer.build(self.variables)
@@ -146,17 +152,10 @@ class DPSGDStep:
         )
         clipped = clip_per_example(gradients, self.l2_norm_clip)
         sums = [tf.reduce_sum(g, axis=0) for g in clipped]
-        sizes = [v.shape.num_elements() for v in self.variables]
-        noise = tf.random.stateless_normal(
-            [sum(sizes)],
-            seed=tf.stack([self.seed, self.steps.read_value()]),
-            stddev=self.noise_multiplier * self.l2_norm_clip,
-        )
+        key = tf.stack([self.seed, self.steps.read_value()])
+        noise = gaussian_like(sums, key, tf.constant(self.noise_multiplier * self.l2_norm_clip))
         batch_size = tf.cast(tf.shape(x)[0], tf.float32)
-        noisy = [
-            (total + tf.reshape(piece, tf.shape(total))) / batch_size
-            for total, piece in zip(sums, tf.split(noise, sizes), strict=True)
-        ]
+        noisy = [(total + n) / batch_size for total, n in zip(sums, noise, strict=True)]
         return noisy, losses
 
     def _step(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:

@@ -55,6 +55,19 @@ def zero_where(mask: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
     return tf.where(mask, tf.zeros_like(gradient), gradient)
 
 
+def gaussian_like(tensors: list[tf.Tensor], key: tf.Tensor, stddev: tf.Tensor) -> list[tf.Tensor]:
+    """I.i.d. N(0, stddev²) noise shaped and typed like each tensor, from stateless ``key``.
+
+    One draw for all tensors (a single kernel instead of one per variable), split and reshaped.
+    """
+    sizes = [t.shape.num_elements() for t in tensors]
+    noise = tf.random.stateless_normal([sum(sizes)], seed=key, stddev=stddev)
+    return [
+        tf.cast(tf.reshape(piece, tf.shape(t)), t.dtype)
+        for t, piece in zip(tensors, tf.split(noise, sizes), strict=True)
+    ]
+
+
 class GradientTransform:
     """One link of the chain. Subclasses implement :meth:`__call__` and keep a JSON config.
 
@@ -157,14 +170,8 @@ class _GaussianNoiseBase(GradientTransform):
     def __call__(self, gradients, variables, context):
         stddev = self.stddev(context.step)
         context.noise_variance = context.noise_variance + tf.square(stddev)
-        sizes = [g.shape.num_elements() for g in gradients]
-        # One draw for all tensors: a single kernel instead of one per variable.
-        noise = tf.random.stateless_normal([sum(sizes)], seed=context.key, stddev=stddev)
-        pieces = tf.split(noise, sizes)
-        return [
-            g + tf.cast(tf.reshape(piece, tf.shape(g)), g.dtype)
-            for g, piece in zip(gradients, pieces, strict=True)
-        ]
+        noise = gaussian_like(gradients, context.key, stddev)
+        return [g + n for g, n in zip(gradients, noise, strict=True)]
 
 
 @keras.saving.register_keras_serializable(package="robustkit")
