@@ -80,9 +80,18 @@ class CascadeResult:
 
 
 def _distances(delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example (Linf, L2) norms [m] of delta [m, ...]."""
     flat = delta.reshape(len(delta), -1).astype(np.float64)
     linf = np.abs(flat).max(axis=1) if flat.shape[1] else np.zeros(len(delta))
     return linf.astype(np.float32), np.linalg.norm(flat, axis=1).astype(np.float32)
+
+
+def within_ball(norm_name: str, eps: float, x_adv: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """bool [m]: each x_adv lies in the ``norm_name`` ball of radius eps around x (float32
+    round-off allowed)."""
+    linf, l2 = _distances(x_adv - x)
+    distance = linf if norm_name == "linf" else l2
+    return distance <= eps * (1 + _RELATIVE_SLACK) + _ABSOLUTE_SLACK
 
 
 def run_cascade(
@@ -156,8 +165,7 @@ def run_cascade(
             evaluations[idx] += out.evaluations
             spent += int(out.evaluations.sum())
             d_linf, d_l2 = _distances(out.x_adv - x[idx])
-            distance = d_linf if norm.name == "linf" else d_l2
-            inside = (distance <= norm.eps * (1 + _RELATIVE_SLACK) + _ABSOLUTE_SLACK) & np.all(
+            inside = within_ball(norm.name, norm.eps, out.x_adv, x[idx]) & np.all(
                 (out.x_adv >= low) & (out.x_adv <= high), axis=tuple(range(1, x.ndim))
             )
             predicted = out.logits.argmax(axis=1)

@@ -2,8 +2,9 @@
 Adversarial Robustness"; Croce & Hein 2020, AutoAttack).
 
 Each check returns a :class:`~robustkit.evaluation.CheckResult` with a verdict ("pass", "warn",
-"fail", "not run") and an explanation in words. Checks 5 and 7 read the main results only; the
-others run extra forward passes or attacks on a fixed random subsample of the data and say so.
+"fail", "not run") and an explanation in words. Checks 5 and 7 read the main results only;
+checks 4 and 9 add one FGSM step per example (and 9 re-attacks the misclassified ones); checks
+1, 2, 3, 6 and 8 run extra passes or attacks on a fixed random subsample. Each says so.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from robustkit.attacks import FGSM
 from robustkit.errors import InputError
-from robustkit.evaluation.cascade import CascadeResult, run_cascade
+from robustkit.evaluation.cascade import CascadeResult, run_cascade, within_ball
 from robustkit.evaluation.engine import AttackOutput, Executor
 from robustkit.evaluation.report import CheckResult, ExampleRecords
 from robustkit.evaluation.suites import SuiteAttack
@@ -133,13 +134,8 @@ class CheckContext:
         return logits.argmax(axis=1)
 
     def within_ball(self, x_adv: np.ndarray, idx: np.ndarray, eps: float) -> np.ndarray:
-        """bool [m]: x_adv lies inside the eps-ball around x[idx] (float slack allowed)."""
-        delta = (x_adv - self.x[idx]).reshape(len(idx), -1).astype(np.float64)
-        if self.norm_name == "linf":
-            distance = np.abs(delta).max(axis=1) if delta.size else np.zeros(len(idx))
-        else:
-            distance = np.linalg.norm(delta, axis=1)
-        return distance <= eps * (1 + 1e-5) + 1e-6
+        """bool [m]: x_adv lies inside the eps-ball around x[idx]."""
+        return within_ball(self.norm_name, eps, x_adv, self.x[idx])
 
 
 def _worst(verdicts: Sequence[str]) -> str:
