@@ -108,16 +108,18 @@ def test_cascade_spends_less_and_the_report_counts_it(both_modes) -> None:
     )
 
 
-def test_evaluator_breaks_exactly_what_the_attack_itself_breaks() -> None:
+@pytest.mark.parametrize("threat", [Linf(EPS), L2(1.2)])
+def test_evaluator_breaks_exactly_what_the_attack_itself_breaks(threat) -> None:
     """A deterministic PGD run through the evaluator agrees with PGD's own __call__."""
     x, y = data()
-    attack = PGD("linf", EPS, steps=10, rel_step_size=0.25, loss="margin", random_start=False)
-    report = evaluate(healthy(), (x, y), Linf(EPS), suite=[attack], checks=None, per_example=True)
+    attack = PGD(threat, steps=10, rel_step_size=0.25, loss="margin", random_start=False)
+    report = evaluate(healthy(), (x, y), threat, suite=[attack], checks=None, per_example=True)
     correct = report.examples.clean_pred == y
     direct = attack(healthy(), x[correct], y[correct])
+    assert 0 < direct.success.sum() < correct.sum()
     np.testing.assert_array_equal(report.examples.broken[0, 0, correct], direct.success)
     np.testing.assert_array_equal(report.examples.evaluations[0, correct], direct.steps)
-    assert report.attack_names == ["pgd-margin"]
+    assert report.attack_names == ["pgd-margin"] and report.norm == threat.name
 
 
 def test_top_other_classes_and_margins_match_the_definitions() -> None:
