@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from robustkit.attacks import PGD
+from robustkit.attacks import FGSM, PGD
 from robustkit.evaluation import RobustnessReport, SuiteAttack, evaluate, standard_suite
 from robustkit.evaluation.cascade import top_other_classes
 from robustkit.io import from_uint8, load_mnist
@@ -129,13 +129,17 @@ def catastrophic_overfitting(args: argparse.Namespace, x: np.ndarray, y: np.ndar
     classifier = load_classifier(args.overfit_model)
     train_x, train_y = x[: args.images], y[: args.images]
     held_x, held_y = x[HELD_OUT : HELD_OUT + args.images], y[HELD_OUT : HELD_OUT + args.images]
-    weak = PGD("linf", TARGET_EPS, steps=10)
-    logged = weak(classifier, train_x, train_y, batch_size=args.batch)
     print(f"\nOVERFIT model {args.overfit_model}")
-    print(
-        f"  weak PGD-10 on {len(train_x)} training digits: robust accuracy "
-        f"{logged.robust_accuracy:.2%} (clean {logged.clean_accuracy:.2%})"
-    )
+    weak = PGD("linf", TARGET_EPS, steps=10)
+    for name, attack in (
+        ("FGSM-RS (the training attack)", FGSM("linf", TARGET_EPS, random_start=True)),
+        ("weak PGD-10", weak),
+    ):
+        logged = attack(classifier, train_x, train_y, batch_size=args.batch)
+        print(
+            f"  {name} on {len(train_x)} training digits: robust accuracy "
+            f"{logged.robust_accuracy:.2%} (clean {logged.clean_accuracy:.2%})"
+        )
     weak_report = evaluate(classifier, (held_x, held_y), Linf(TARGET_EPS), suite=[weak],
                            check_samples=args.check_samples, batch_size=args.batch)  # fmt: skip
     print(f"  PGD-10 alone as the suite on held-out digits: {summary(weak_report)}")

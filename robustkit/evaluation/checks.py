@@ -354,28 +354,37 @@ def check_single_step(context: CheckContext) -> CheckResult:
                 "verdict": verdicts[-1],
             }
         )
-    verdict = _worst(verdicts)
+    fgsm_curve = [row["fgsm_accuracy"] for row in per_eps]
+    fgsm_rises = bool(np.any(np.diff(fgsm_curve) > 0))
+    verdict = _worst([*verdicts, "warn" if fgsm_rises else "pass"])
     table = "; ".join(
         f"eps {row['eps']:g}: FGSM {_percent(row['fgsm_accuracy'])} vs iterative "
         f"{_percent(row['iterative_accuracy'])}"
         for row in per_eps
     )
     where = f"one FGSM step on each of the {n} examples"
-    if verdict == "fail":
+    if "fail" in verdicts:
         explanation = (
             f"A single FGSM step did at least as well as the iterative attacks and found "
             f"adversarials the suite missed ({table}; {where}). Iterative attacks are strictly "
             "stronger on honest models; this points at gradient masking or badly tuned steps. "
             "The reported numbers are too high."
         )
-    elif verdict == "warn":
+    elif "warn" in verdicts:
         explanation = (
             f"Iterative attacks broke no more examples than one FGSM step at some eps ({table}; "
             f"{where}); more steps should help unless gradients mislead."
         )
     else:
         explanation = f"Iterative attacks beat one FGSM step ({table}; {where})."
-    return CheckResult(4, "single_step", verdict, explanation, n, {"per_eps": per_eps})
+    if fgsm_rises:
+        explanation += (
+            " FGSM accuracy rises with eps: its gradient direction stops pointing at "
+            "adversarials as the step grows, the mark of gradient masking (e.g. catastrophic "
+            "overfitting of single-step adversarial training)."
+        )
+    details = {"per_eps": per_eps, "fgsm_accuracy_rises_with_eps": fgsm_rises}
+    return CheckResult(4, "single_step", verdict, explanation, n, details)
 
 
 def check_monotonicity(context: CheckContext) -> CheckResult:

@@ -99,10 +99,16 @@ def test_weak_iterative_attack_loses_to_one_step_and_has_not_converged() -> None
 
 def test_accuracy_rising_with_eps_is_flagged() -> None:
     """One step of size eps on a periodic model breaks it at eps 0.1 but not at 0.35."""
-    report = run(wrapped(periodic_outputs), [5], [FGSM("linf", 0.1)], (0.1, 0.35), periodic_data())
+    report = run(
+        wrapped(periodic_outputs), [4, 5], [FGSM("linf", 0.1)], (0.1, 0.35), periodic_data()
+    )
     assert report.robust_accuracy == [0.0, 1.0]
     check = report.check(5)
     assert check.verdict == "fail" and check.details["rises"][0]["eps"] == [0.1, 0.35]
+    single_step = report.check(4)  # FGSM's own accuracy rising is the same warning sign
+    assert single_step.verdict == "warn"
+    assert single_step.details["fgsm_accuracy_rises_with_eps"]
+    assert "rises with eps" in single_step.explanation
 
 
 def test_an_attack_that_returns_misclassified_examples_to_their_class_leaks_labels() -> None:
