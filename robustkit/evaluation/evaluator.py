@@ -99,6 +99,38 @@ def _environment(executor: Executor, strategy: Any) -> dict[str, Any]:
     }
 
 
+def _cost(outcomes: Sequence[AttackOutcome]) -> dict[str, Any]:
+    """Evaluations spent, what the full budget would cost, and the share."""
+    cost: dict[str, Any] = {
+        key: sum(getattr(outcome, key) for outcome in outcomes)
+        for key in (
+            "gradient_evaluations",
+            "forward_evaluations",
+            "full_budget_gradient_evaluations",
+            "full_budget_forward_evaluations",
+        )
+    }
+    full = cost["full_budget_gradient_evaluations"] + cost["full_budget_forward_evaluations"]
+    used = cost["gradient_evaluations"] + cost["forward_evaluations"]
+    cost["share_of_full_budget"] = used / full if full else None
+    return cost
+
+
+def _describe(specs: Sequence[Any], built: list[list[Any]]) -> list[dict[str, Any]]:
+    """Each suite attack's options, its full config at every eps and its budget."""
+    descriptions = []
+    for a, spec in enumerate(specs):
+        configs = [attacks[a].config for attacks in built]
+        descriptions.append(
+            {
+                **spec.describe(),
+                "configs": configs,
+                "full_budget_per_example": full_budget(configs[0]),
+            }
+        )
+    return descriptions
+
+
 def evaluate(
     classifier: Classifier,
     data: Any,
@@ -143,6 +175,8 @@ def evaluate(
         raise InputError("Pass a robustkit Classifier: wrap your model as Classifier(model).")
     if int(check_samples) < 1:
         raise InputError(f"check_samples must be >= 1, got {check_samples!r}.")
+    if int(seed) < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
     x, y = _read_data(classifier, data)
     norm_name, epsilons = _resolve_threat(threat, epsilons)
     suite_name, specs = resolve_suite(suite)
@@ -235,34 +269,12 @@ def evaluate(
             logger.warning("check %d %s: %s", check.number, check.verdict, check.explanation)
     checks_seconds = time.perf_counter() - started - clean_seconds - attacks_seconds
 
-    spent = {
-        key: sum(getattr(outcome, key) for outcome in outcomes)
-        for key in (
-            "gradient_evaluations",
-            "forward_evaluations",
-            "full_budget_gradient_evaluations",
-            "full_budget_forward_evaluations",
-        )
-    }
-    full = spent["full_budget_gradient_evaluations"] + spent["full_budget_forward_evaluations"]
-    used = spent["gradient_evaluations"] + spent["forward_evaluations"]
-    spent["share_of_full_budget"] = used / full if full else None
-    descriptions = []
-    for a, spec in enumerate(specs):
-        configs = [attacks[a].config for attacks in built]
-        descriptions.append(
-            {
-                **spec.describe(),
-                "configs": configs,
-                "full_budget_per_example": full_budget(configs[0]),
-            }
-        )
     return RobustnessReport(
         norm=norm_name,
         bounds=classifier.bounds,
         epsilons=epsilons,
         suite=suite_name,
-        attacks=descriptions,
+        attacks=_describe(specs, built),
         mode="cascade" if cascade else "independent",
         seed=int(seed),
         num_examples=n,
@@ -273,7 +285,7 @@ def evaluate(
         outcomes=outcomes,
         verification=verification,
         checks=check_results,
-        cost=spent,
+        cost=_cost(outcomes),
         timing={
             "total": time.perf_counter() - started,
             "clean": clean_seconds,

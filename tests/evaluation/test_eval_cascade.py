@@ -175,6 +175,7 @@ def test_gradient_free_attacks_run_last_and_names_are_unique() -> None:
         ({"checks": ["nope"]}, "check"),
         ({"check_samples": 0}, "check_samples"),
         ({"batch_size": 0}, "batch_size"),
+        ({"seed": -1}, "seed"),
     ],
 )
 def test_bad_input_fails_early_with_a_clear_message(arguments, message) -> None:
