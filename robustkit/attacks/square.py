@@ -140,7 +140,7 @@ class Square(PGD):
         return self.norm.eps * stripes / tf.sqrt(dimension)
 
     def _propose_linf(self, delta: tf.Tensor, side: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """Set one window of ``delta`` to ±eps per channel; flip it if that changed nothing."""
+        """Set one window of ``delta`` to ±eps per channel (flipped if it already held those)."""
         shape = tf.shape(delta)
         seeds = tf.random.experimental.stateless_split(seed, 2)
         mask, _, _ = self._window(shape, side, seeds[0])
