@@ -31,7 +31,7 @@ import tensorflow as tf
 from robustkit.attacks import FGSM, PGD
 from robustkit.gradients import input_gradients
 from robustkit.models import Classifier, load_classifier
-from robustkit.training import AdversarialTrainer
+from robustkit.training import AdversarialTrainer, eps_ramp
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS = 0.3
@@ -146,7 +146,13 @@ def fast(args: argparse.Namespace) -> None:
         model = example.build_model()
         optimizer = keras.optimizers.Adam(example.one_cycle(args.lr, steps))
         trainer = AdversarialTrainer(
-            model, optimizer, attack, method="fast", overfit_guard=guard, guard_size=512
+            model,
+            optimizer,
+            attack,
+            method="fast",
+            eps_schedule=eps_ramp(EPS, args.ramp) if args.ramp else None,
+            overfit_guard=guard,
+            guard_size=512,
         )
         started = time.perf_counter()
         history = trainer.fit(train, args.epochs)
@@ -184,6 +190,7 @@ def main() -> None:
     quick = commands.add_parser("fast", help=fast.__doc__)
     quick.add_argument("--epochs", type=int, default=10)
     quick.add_argument("--lr", type=float, default=2e-3)
+    quick.add_argument("--ramp", type=int, default=0, help="epochs of eps ramp-up (0: none)")
     quick.add_argument("--only", default=None, help="run only this variant")
     quick.add_argument("--save-dir", default=None, help="save each trained model here")
     args = parser.parse_args()
