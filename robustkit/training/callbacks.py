@@ -20,6 +20,7 @@ SUMMARY_METRICS = (
     "val_clean_accuracy",
     "val_adv_accuracy",
     "guard_accuracy",
+    "guard_training_attack_accuracy",
     "grad_norm",
     "eps",
     "lr",

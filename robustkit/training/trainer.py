@@ -86,8 +86,11 @@ class AdversarialTrainer:
         patience: with validation data, stop after this many epochs without a better robust
             validation accuracy (None: never).
         overfit_guard: catastrophic-overfitting guard: each epoch, attack a fixed training batch
-            of ``guard_size`` examples with ``validation_attack``; if its robust accuracy falls
-            more than ``guard_drop`` below the best seen, ``"stop"`` restores the weights of the
+            of ``guard_size`` examples with ``validation_attack`` and with the training attack
+            at the same radius. It fires when the PGD accuracy falls more than ``guard_drop``
+            below the best seen (a collapse), or lies more than ``guard_drop`` below the
+            training attack's accuracy (the training attack is fooled: overfitting that set in
+            before any robustness was learned). ``"stop"`` then restores the weights of the
             previous epoch and stops, ``"rollback"`` restores weights and optimizer state and
             carries on (stopping after ``max_rollbacks``), ``"monitor"`` only records it.
             ``"auto"``: "stop" for the fast method, off otherwise; None: off.
@@ -166,6 +169,7 @@ class AdversarialTrainer:
         self._steps: dict[Any, Any] = {}
         self._evaluators: dict[int, Any] = {}
         self._good: WeightSnapshot | None = None
+        self._guard_attack: PGD | None = None
 
     # ------------------------------------------------------------------ the compiled step
 
@@ -497,14 +501,22 @@ class AdversarialTrainer:
     def _check_guard(
         self, epoch: int, batches: Batches, history: TrainingHistory
     ) -> dict[str, float]:
-        """Attack the guard batch; on a sharp drop stop or roll back to the last good epoch."""
+        """Attack the guard batch; on a sharp drop, or a PGD accuracy far below the training
+        attack's, stop or roll back to the last good epoch."""
         accuracy = self._evaluate_batches(batches, self.validation_attack)["adv_accuracy"]
+        own = self._evaluate_batches(batches, self._guard_training_attack())["adv_accuracy"]
+        logs = {"guard_accuracy": accuracy, "guard_training_attack_accuracy": own}
         reference = float(self._state.guard_reference.numpy())
         variables = self._weights + list(self.optimizer.variables)
-        if reference - accuracy <= self.guard_drop:
+        reasons = []
+        if reference - accuracy > self.guard_drop:
+            reasons.append(f"PGD accuracy fell from {reference:.3f} to {accuracy:.3f}")
+        if own - accuracy > self.guard_drop:
+            reasons.append(f"PGD accuracy {accuracy:.3f} but the training attack's {own:.3f}")
+        if not reasons:
             self._state.guard_reference.assign(max(reference, accuracy))
             self._good.take(variables)
-            return {"guard_accuracy": accuracy, "guard_fired": 0.0}
+            return {**logs, "guard_fired": 0.0}
         if self.overfit_guard != "monitor":
             self._good.put_back(variables)
         history.add_event(
@@ -513,16 +525,23 @@ class AdversarialTrainer:
             action=self.overfit_guard,
             guard_accuracy=accuracy,
             reference=reference,
+            training_attack_accuracy=own,
+            reason="; ".join(reasons),
         )
         logger.warning(
-            "Catastrophic overfitting at epoch %d: PGD accuracy on the guard batch fell from "
-            "%.3f to %.3f (guard action: %s).",
+            "Catastrophic overfitting at epoch %d on the guard batch: %s (guard action: %s).",
             epoch + 1,
-            reference,
-            accuracy,
+            "; ".join(reasons),
             self.overfit_guard,
         )
-        return {"guard_accuracy": accuracy, "guard_fired": 1.0}
+        return {**logs, "guard_fired": 1.0}
+
+    def _guard_training_attack(self) -> PGD:
+        """The training attack at the guard's radius (built once, so compiled once)."""
+        if self._guard_attack is None:
+            eps = self.validation_attack.norm.eps
+            self._guard_attack = training_attack(self.attack, self.method, eps)
+        return self._guard_attack
 
     def _stop_reason(self, epoch: int, history: TrainingHistory, model: Any) -> str | None:
         """Why training stops after this epoch, or None to carry on."""
@@ -540,14 +559,19 @@ class AdversarialTrainer:
         return None
 
     def _restore_best(self, history: TrainingHistory) -> None:
+        """End with the weights of the best robust validation epoch (an event when they are
+        not the last epoch's)."""
         best = int(self._state.best_epoch.numpy())
         if not self.restore_best or best < 0:
             return
         self._state.best_weights.put_back(self._weights)
-        last = history.epoch[-1] if history.epoch else best
-        if not history.events or history.events[-1].get("event") != "restored_best":
+        last = history.epoch[-1]
+        already = history.events and history.events[-1].get("event") == "restored_best"
+        if best != last and not already:
             history.add_event(last, "restored_best", best_epoch=best)
-        logger.info("Restored the weights of epoch %d (best robust validation accuracy).", best + 1)
+            logger.info(
+                "Restored the weights of epoch %d (best robust validation accuracy).", best + 1
+            )
 
     def _translated(
         self, error: tf.errors.InvalidArgumentError, epoch: int, step: int

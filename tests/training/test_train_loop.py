@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from training_helpers import blobs, linear_model, small_cnn, weights_of
 
-from robustkit.attacks import PGD
+from robustkit.attacks import FGSM, PGD
 from robustkit.errors import InputError, OutputExistsError, RobustkitError
 from robustkit.optimizers import clipped_noisy
 from robustkit.training import AdversarialTrainer, PiecewiseLinear, TrainingHistory, eps_ramp
@@ -170,6 +170,26 @@ def test_overfit_guard_fires_on_forced_collapse(action: str) -> None:
     assert history.stop_reason == expected_reason
     for got, want in zip(weights_of(model), recorder.weights[0], strict=True):
         np.testing.assert_array_equal(got, want)  # back to the end of epoch 0
+
+
+def test_overfit_guard_fires_when_the_training_attack_is_fooled_from_the_start() -> None:
+    """A training attack blind to the model (zero loss gradient, so FGSM leaves images as they
+    are) while PGD breaks it: robustness never appeared, so there is no drop to see, but the
+    gap between the two attacks on the guard batch gives the overfitting away at once."""
+    model = robust_linear_model()
+    initial = weights_of(model)
+    blind = FGSM("linf", 0.4, random_start=False, loss=lambda z, y: 0.0 * tf.reduce_sum(z, -1))
+    trainer = AdversarialTrainer(
+        model, keras.optimizers.SGD(0.1), blind, method="fast", guard_size=32
+    )
+    history = trainer.fit((X, Y), 3, batch_size=16, shuffle=False)
+    own = history.history["guard_training_attack_accuracy"]
+    assert own[0] == pytest.approx(1.0) and history.history["guard_accuracy"][0] < 0.5
+    event = history.events[0]
+    assert (event["event"], event["epoch"], event["action"]) == ("overfit_guard", 0, "stop")
+    assert "training attack" in event["reason"] and history.stop_reason == "overfit_guard"
+    for got, want in zip(weights_of(model), initial, strict=True):
+        np.testing.assert_array_equal(got, want)  # back to the weights before the first epoch
 
 
 class Diverge(keras.callbacks.Callback):
