@@ -113,7 +113,7 @@ def _logits_function(model: Any) -> tuple[Callable[..., tf.Tensor], str]:
     ), f"input of softmax layer {head.name!r}"
 
 
-def _looks_like_probabilities(outputs: np.ndarray) -> bool:
+def looks_like_probabilities(outputs: np.ndarray) -> bool:
     """True when every row is non-negative and sums to 1 (a softmax output, not logits)."""
     return bool(
         outputs.shape[-1] > 1
@@ -135,6 +135,11 @@ class Classifier:
         output: ``"auto"`` detects softmax heads; ``"logits"`` trusts the output;
             ``"probabilities"`` declares a probability output whose logits cannot be recovered
             (log-probabilities are used, with a warning: they saturate and can mask gradients).
+
+    Attributes:
+        logits_source: where the logits come from, in words.
+        uses_log_probabilities: True when the logits are log(probabilities) because the
+            model's logits could not be recovered (attacks on them may be masked).
     """
 
     def __init__(
@@ -159,7 +164,8 @@ class Classifier:
         self.preprocessing = preprocessing or Preprocessing()
         self.input_shape = self._resolve_input_shape(model, input_shape)
         self._check_channels(self.preprocessing, self.input_shape[-1])
-        if output == "probabilities":
+        self.uses_log_probabilities = output == "probabilities"
+        if self.uses_log_probabilities:
             self._raw_logits, self.logits_source = self._log_probabilities(model)
         elif output == "logits":
             self._raw_logits = lambda x, training=False: model(x, training=training)
@@ -167,8 +173,9 @@ class Classifier:
         else:
             self._raw_logits, self.logits_source = _logits_function(model)
         probe = self._probe_outputs()
-        if output == "auto" and _looks_like_probabilities(probe):
+        if output == "auto" and looks_like_probabilities(probe):
             self._raw_logits, self.logits_source = self._log_probabilities(model)
+            self.uses_log_probabilities = True
         self.num_classes = num_classes or int(probe.shape[-1])
         logger.debug("Classifier logits from %s", self.logits_source)
 

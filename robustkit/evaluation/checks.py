@@ -23,7 +23,7 @@ from robustkit.evaluation.engine import AttackOutput, Executor
 from robustkit.evaluation.report import CheckResult, ExampleRecords
 from robustkit.evaluation.suites import SuiteAttack
 from robustkit.gradients import input_gradients
-from robustkit.models import _looks_like_probabilities
+from robustkit.models import looks_like_probabilities
 from robustkit.norms import make_norm
 
 ZERO_GRADIENT_FAIL_SHARE = 0.01  # more examples than this with zero gradients: fail
@@ -167,9 +167,9 @@ def check_probabilities(context: CheckContext) -> CheckResult:
         raw = classifier.model(inputs, training=False)
     except TypeError:  # a plain callable without a training argument
         raw = classifier.model(inputs)
-    raw_probabilities = _looks_like_probabilities(np.asarray(raw))
+    raw_probabilities = looks_like_probabilities(np.asarray(raw))
     logits = context.clean_logits[context.subsample]
-    attacked_probabilities = _looks_like_probabilities(logits)
+    attacked_probabilities = looks_like_probabilities(logits)
     saturated = float(np.mean(tf.nn.softmax(logits).numpy().max(axis=1) == 1.0))
     details = {
         "logits_source": source,
@@ -177,7 +177,7 @@ def check_probabilities(context: CheckContext) -> CheckResult:
         "attacked_values_are_probabilities": attacked_probabilities,
         "saturated_share": saturated,
     }
-    if source.startswith("log of probability"):
+    if classifier.uses_log_probabilities:
         verdict = "fail"
         explanation = (
             "The model outputs probabilities and its logits cannot be recovered, so the attacks "

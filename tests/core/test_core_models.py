@@ -45,6 +45,7 @@ def test_softmax_head_gives_logits_and_same_adversarials(variant: str) -> None:
     twin = Classifier(logits_model)
     wrapped = Classifier(softmax_variants(logits_model)[variant])
     np.testing.assert_allclose(wrapped.predict_logits(X), twin.predict_logits(X), atol=1e-5)
+    assert not wrapped.uses_log_probabilities and not twin.uses_log_probabilities
     attack = PGD("linf", 0.2, steps=5, seed=3)
     np.testing.assert_array_equal(attack(wrapped, X).x_adv, attack(twin, X).x_adv)
 
@@ -64,7 +65,7 @@ def test_probability_output_without_logits_warns_once() -> None:
         classifier = Classifier(model, input_shape=(8, 8, 1))
         classifier.predict_logits(X)
     assert [w.category for w in caught] == [RobustkitWarning]
-    assert "log" in classifier.logits_source
+    assert "log" in classifier.logits_source and classifier.uses_log_probabilities
     expected = np.log(model(X).numpy())
     np.testing.assert_allclose(classifier.predict_logits(X), expected, atol=1e-5)
 
