@@ -513,12 +513,13 @@ class AdversarialTrainer:
             reasons.append(f"PGD accuracy fell from {reference:.3f} to {accuracy:.3f}")
         if own - accuracy > self.guard_drop:
             reasons.append(f"PGD accuracy {accuracy:.3f} but the training attack's {own:.3f}")
-        if not reasons:
+        if not reasons or self.overfit_guard == "monitor":  # these weights stay
             self._state.guard_reference.assign(max(reference, accuracy))
             self._good.take(variables)
-            return {**logs, "guard_fired": 0.0}
-        if self.overfit_guard != "monitor":
+        else:
             self._good.put_back(variables)
+        if not reasons:
+            return {**logs, "guard_fired": 0.0}
         history.add_event(
             epoch,
             "overfit_guard",

@@ -172,7 +172,8 @@ def test_overfit_guard_fires_on_forced_collapse(action: str) -> None:
         np.testing.assert_array_equal(got, want)  # back to the end of epoch 0
 
 
-def test_overfit_guard_fires_when_the_training_attack_is_fooled_from_the_start() -> None:
+@pytest.mark.parametrize("action", ["stop", "monitor"])
+def test_overfit_guard_fires_when_the_training_attack_is_fooled_from_the_start(action: str) -> None:
     """A training attack blind to the model (zero loss gradient, so FGSM leaves images as they
     are) while PGD breaks it: robustness never appeared, so there is no drop to see, but the
     gap between the two attacks on the guard batch gives the overfitting away at once."""
@@ -180,14 +181,23 @@ def test_overfit_guard_fires_when_the_training_attack_is_fooled_from_the_start()
     initial = weights_of(model)
     blind = FGSM("linf", 0.4, random_start=False, loss=lambda z, y: 0.0 * tf.reduce_sum(z, -1))
     trainer = AdversarialTrainer(
-        model, keras.optimizers.SGD(0.1), blind, method="fast", guard_size=32
+        model, keras.optimizers.SGD(0.1), blind, method="fast", overfit_guard=action, guard_size=32
     )
     history = trainer.fit((X, Y), 3, batch_size=16, shuffle=False)
-    own = history.history["guard_training_attack_accuracy"]
-    assert own[0] == pytest.approx(1.0) and history.history["guard_accuracy"][0] < 0.5
+    own, guard = (
+        history.history["guard_training_attack_accuracy"],
+        history.history["guard_accuracy"],
+    )
+    assert own[0] == pytest.approx(1.0) and guard[0] < 0.5
     event = history.events[0]
-    assert (event["event"], event["epoch"], event["action"]) == ("overfit_guard", 0, "stop")
-    assert "training attack" in event["reason"] and history.stop_reason == "overfit_guard"
+    assert (event["event"], event["epoch"], event["action"]) == ("overfit_guard", 0, action)
+    assert "training attack" in event["reason"]
+    if action == "monitor":  # fires every epoch; the reference is still the best accuracy seen
+        assert [e["epoch"] for e in history.events] == [0, 1, 2] and history.stop_reason is None
+        for event in history.events:
+            assert event["reference"] == max([-1.0, *guard[: event["epoch"]]])
+        return
+    assert history.stop_reason == "overfit_guard"
     for got, want in zip(weights_of(model), initial, strict=True):
         np.testing.assert_array_equal(got, want)  # back to the weights before the first epoch
 

@@ -71,6 +71,26 @@ def test_one_pgd_step_on_linear_model_equals_hand_computed_update() -> None:
     np.testing.assert_allclose(record["grad_norm"], norm, rtol=1e-5)
 
 
+def test_mixed_step_on_linear_model_weights_clean_and_adversarial_gradients() -> None:
+    """mixed with weight w: the update follows (1 - w)·∇CE(clean) + w·∇CE(adversarial)."""
+    model = linear_model(W, B, (2, 2, 1))
+    attack = PGD("linf", 0.1, steps=3, step_size=0.04, random_start=False)
+    trainer = AdversarialTrainer(
+        model, keras.optimizers.SGD(0.5), attack, method="mixed", adversarial_weight=0.25
+    )
+    trainer.fit((X, Y), 1, batch_size=len(X), shuffle=False)
+
+    def gradients(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        residual = (softmax(x @ W + B) - np.eye(3)[Y]) / len(X)
+        return x.T @ residual, residual.sum(0)
+
+    clean_w, clean_b = gradients(X.reshape(len(X), -1).astype(np.float64))
+    adv_w, adv_b = gradients(numpy_pgd(X, Y, eps=0.1, step=0.04, steps=3))
+    new_w, new_b = weights_of(model)
+    np.testing.assert_allclose(new_w, W - 0.5 * (0.75 * clean_w + 0.25 * adv_w), atol=2e-6)
+    np.testing.assert_allclose(new_b, B - 0.5 * (0.75 * clean_b + 0.25 * adv_b), atol=2e-6)
+
+
 def test_fast_method_runs_fgsm_with_random_start_and_step_one_and_a_quarter_eps() -> None:
     attack = training_attack(PGD("linf", 0.3, steps=40), "fast", 0.3)
     assert isinstance(attack, FGSM)
