@@ -160,7 +160,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--check-samples", type=int, default=100)
-    parser.add_argument("--overfit-model", help="a catastrophically overfit FGSM-RS model")
+    parser.add_argument(
+        "--overfit-model",
+        help="a catastrophically overfit FGSM-RS model, e.g. examples/mnist_fgsm_rs_overfit.keras",
+    )
     parser.add_argument("--skip-fast", action="store_true", help="only the overfitting part")
     args = parser.parse_args()
     print(
