@@ -32,12 +32,17 @@ def native_stderr_silenced() -> Iterator[None]:
 
 
 def start_tensorflow() -> None:
-    """Import TensorFlow and list its devices once, quietly unless ``--debug`` was given."""
+    """Import TensorFlow and list its devices once, quietly unless ``--debug`` was given.
+
+    Without ``--debug`` TensorFlow's Python warnings are hidden too: the evaluator compiles one
+    function per attack and eps, which TensorFlow reports as "excessive retracing"."""
     quiet = "--debug" not in sys.argv
     with native_stderr_silenced() if quiet else contextlib.nullcontext():
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+    if quiet:
+        tf.get_logger().setLevel("ERROR")
 
 
 # name -> (module defining a click command of the same name, one-line help)

@@ -1,9 +1,11 @@
 """The shared command-line helpers: number parsing, output planning, progress, notes."""
 
 import io
+import logging
 
 import click
 import pytest
+import tensorflow as tf
 
 from robustkit.errors import InputError
 from robustkit_cli.common import (
@@ -14,6 +16,7 @@ from robustkit_cli.common import (
     plan_outputs,
     summarize_notes,
 )
+from robustkit_cli.main import start_tensorflow
 
 
 @pytest.mark.parametrize(
@@ -87,3 +90,14 @@ def test_progress_bar_draws_on_a_terminal_only(monkeypatch):
     with Console(quiet=True).progress(10, "attacking") as advance:
         advance(10)
     assert quiet.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"), [(["robustkit"], logging.ERROR), (["robustkit", "--debug"], logging.WARNING)]
+)
+def test_tensorflow_python_warnings_are_hidden_unless_debug(monkeypatch, argv, level):
+    logger = tf.get_logger()
+    monkeypatch.setattr(logger, "level", logging.WARNING)  # restored after the test
+    monkeypatch.setattr("sys.argv", argv)
+    start_tensorflow()
+    assert logger.level == level
