@@ -16,8 +16,10 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -28,26 +30,16 @@ import tensorflow as tf
 from robustkit import optimizers as rko
 from robustkit.io.mnist import load_mnist
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from build_example_model import build_model  # the shipped example's CNN
+
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def mnist_cnn() -> keras.Model:
     """The architecture of examples/build_example_model.py (225k weights), seeded."""
     keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(10),
-        ]
-    )
+    return build_model()
 
 
 def plain_step(

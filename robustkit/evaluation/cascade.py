@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from robustkit.evaluation.engine import Executor
+from robustkit.evaluation.report import AttackOutcome
 from robustkit.evaluation.suites import SuiteAttack, full_budget
 from robustkit.models import Classifier
 from robustkit.norms import Norm
@@ -47,23 +48,9 @@ def top_other_classes(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndar
 
 
 @dataclass
-class AttackStats:
-    """What one attack did at this eps (see :class:`~robustkit.evaluation.AttackOutcome`)."""
-
-    attacked: int
-    broken: int
-    robust_accuracy: float
-    gradient_evaluations: int
-    forward_evaluations: int
-    full_budget_gradient_evaluations: int
-    full_budget_forward_evaluations: int
-    wall_time_s: float
-
-
-@dataclass
 class CascadeResult:
     """Per-example results for m examples and A attacks (see ExampleRecords), the adversarial
-    images kept (when asked for), per-attack stats and verification counts."""
+    images kept (when asked for), per-attack outcomes and verification counts."""
 
     robust: np.ndarray
     broken_by: np.ndarray
@@ -75,7 +62,7 @@ class CascadeResult:
     attacked: np.ndarray
     broken: np.ndarray
     x_adv: np.ndarray | None
-    stats: list[AttackStats]
+    outcomes: list[AttackOutcome]
     verification: dict[str, int]
 
 
@@ -129,7 +116,7 @@ def run_cascade(
     attacked = np.zeros((num_attacks, m), bool)
     broken = np.zeros((num_attacks, m), bool)
     x_adv = x.copy() if keep_images else None
-    stats: list[AttackStats] = []
+    outcomes: list[AttackOutcome] = []
     verification = {"rechecked": 0, "outside_ball": 0, "disagreements": 0}
 
     for a, (spec, attack) in enumerate(attacks):
@@ -190,8 +177,10 @@ def run_cascade(
                 x_adv[rows] = out.x_adv[keep]
         still_robust = broken_by == UNBROKEN if cascade else correct & ~broken[a]
         budget = full_budget(attack.config) * int(correct.sum()) * len(passes)
-        stats.append(
-            AttackStats(
+        outcomes.append(
+            AttackOutcome(
+                attack=spec.name,
+                eps=norm.eps,
                 attacked=int(attacked[a].sum()),
                 broken=int(broken[a].sum()),
                 robust_accuracy=float(still_robust.mean()) if m else 0.0,
@@ -213,6 +202,6 @@ def run_cascade(
         attacked=attacked,
         broken=broken,
         x_adv=x_adv,
-        stats=stats,
+        outcomes=outcomes,
         verification=verification,
     )

@@ -217,9 +217,11 @@ def evaluate(
         results.append(result)
         for key in verification:
             verification[key] += result.verification[key]
-        for spec, stats in zip(specs, result.stats, strict=True):
-            outcomes.append(AttackOutcome(attack=spec.name, eps=eps, **vars(stats)))
-            logger.info("eps %g %s: robust accuracy %.4f", eps, spec.name, stats.robust_accuracy)
+        outcomes.extend(result.outcomes)
+        for outcome in result.outcomes:
+            logger.info(
+                "eps %g %s: robust accuracy %.4f", eps, outcome.attack, outcome.robust_accuracy
+            )
     attacks_seconds = time.perf_counter() - started - clean_seconds
 
     records = ExampleRecords(

@@ -1,32 +1,15 @@
 """Transformed under tf.distribute.MirroredStrategy on two logical CPU devices."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 SCRIPT = Path(__file__).with_name("opt_mirrored_run.py")
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow  # a fresh TensorFlow process: 10-30 s on 2 cores
-def test_two_replicas_end_identical_and_equal_to_one_device() -> None:
-    # Logical devices must be configured before TensorFlow starts: run in a fresh process.
-    path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=REPOSITORY,
-        env={**os.environ, "PYTHONPATH": path},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+def test_two_replicas_end_identical_and_equal_to_one_device(run_fresh) -> None:
+    report = run_fresh(SCRIPT)
     assert report["replicas"] == [2, 2, 2, 2]
     assert report["replicas_identical"]
     # Same gradients summed over replicas, same clip, same noise: the single-device run, up to

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 WORKER = Path(__file__).with_name("training_distributed_worker.py")
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_two_replicas_give_the_weights_and_metrics_of_one_device() -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    completed = subprocess.run(
-        [sys.executable, str(WORKER)], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+def test_two_replicas_give_the_weights_and_metrics_of_one_device(run_fresh) -> None:
+    report = run_fresh(WORKER)
     assert report["replicas"] == 2
     for optimizer in ("sgd", "clipped_noisy"):
         result = report[optimizer]
