@@ -23,6 +23,7 @@ from robustkit.io import (
     write_png,
 )
 from robustkit.io.pixels import LEVELS
+from robustkit.norms import ball_slack
 from robustkit_cli.common import (
     NUMBER,
     Console,
@@ -94,8 +95,8 @@ def saved_codes(attack: PGD, x: np.ndarray, x_adv: np.ndarray) -> np.ndarray:
     """
     codes = to_uint8(x_adv)
     delta = from_uint8(codes) - x
-    tolerance = 1e-6 * max(1.0, attack.norm.eps)
-    if np.all(attack.norm.distance(delta).numpy() <= attack.norm.eps + tolerance):
+    slack = ball_slack(attack.norm.name, attack.norm.eps, (0.0, 1.0), int(np.prod(x.shape[1:])))
+    if np.all(attack.norm.distance(delta).numpy() <= attack.norm.eps + slack):
         return codes
     snapped = attack.norm.snap_to_grid(delta, 1.0 / LEVELS).numpy()
     return to_uint8(np.clip(x + snapped, 0.0, 1.0))
@@ -141,7 +142,7 @@ class AttackRun(FolderRun):
             batch.labels,
             target=self._target_for(len(x)),
             batch_size=len(x),
-            first_batch=self.batch_index,
+            first_index=self.batch_index * self.batch_size,
         )
         self.gradient_steps += result.gradient_steps
         codes = saved_codes(self.attack, x, result.x_adv)

@@ -1,7 +1,22 @@
-"""Attacks returning :class:`AttackResult`: input-gradient FGSM and PGD, gradient-free Square."""
+"""Attacks on one core (:mod:`robustkit.attacks.base`), each returning :class:`AttackResult`:
+input-gradient FGSM, PGD, APGD, APGD-T and FAB-T, gradient-free Square."""
 
-from robustkit.attacks.pgd import FGSM, PGD, AttackTensors
+from robustkit.attacks.apgd import APGD, APGDT
+from robustkit.attacks.base import Attack, AttackTensors, SearchState
+from robustkit.attacks.fab import FABT
+from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.result import AttackResult
 from robustkit.attacks.square import Square
 
-__all__ = ["FGSM", "PGD", "AttackResult", "AttackTensors", "Square"]
+__all__ = [
+    "APGD",
+    "APGDT",
+    "FABT",
+    "FGSM",
+    "PGD",
+    "Attack",
+    "AttackResult",
+    "AttackTensors",
+    "SearchState",
+    "Square",
+]

@@ -1,18 +1,24 @@
-"""A gradient-free random-search attack in the spirit of Square (Andriushchenko et al. 2020).
+"""Square Attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020): score-based random search.
 
 It needs only logits, never gradients, so it is blind to gradient masking: when it breaks
 examples that gradient attacks could not, the gradients were lying. Each query changes the
-perturbation inside one random square window and keeps the change if the margin objective
-improved. The window's area shrinks on a fixed schedule from ``p_init`` of the image.
+perturbation inside a random square window and keeps the candidate if the objective (the margin
+by default) improved. The window's share ``p`` of the image halves on a fixed schedule
+(:func:`p_selection`) from ``p_init``.
 
-Linf: the window is set to ``±eps`` per channel, starting from random vertical stripes.
-L2: the window gets a two-lobed bump and absorbs the perturbation of a second random window
-and any unused budget, so the perturbation keeps L2 norm ``eps`` (before clipping to bounds).
-This L2 variant simplifies the paper's (one norm per window instead of per channel).
+Linf: start from vertical stripes of ``±eps`` (one sign per column and channel); each query sets
+one random window to ``±eps`` per channel, the signs redrawn so that the clipped window always
+differs from the current one (the reference's resampling loop, done exactly in one draw).
 
-The whole search on a batch runs in one graph with the loop inside; examples that are
-adversarial leave the batch (early stopping) exactly as in :class:`~robustkit.attacks.PGD`,
-whose batch driver, result type and seeding it shares.
+L2: start from a grid of pseudo-Gaussian squares of random sign per channel, scaled to norm
+``eps``; each query picks two windows, moves the perturbation mass of both (per channel) plus
+the unused budget into the first window with a fresh two-lobed pseudo-Gaussian pattern, empties
+the second, and rescales the whole perturbation to norm ``eps`` before clipping to the bounds.
+
+Every random number of example i comes from its own key (:mod:`robustkit.seeding`), per restart
+and per query, so results do not depend on the batch or on early stopping. Window corners are
+drawn uniformly from ``{0, ..., h - s}`` as in the paper (the reference code's ``randint(0,
+h - s)`` leaves out the last position).
 """
 
 from __future__ import annotations
@@ -22,39 +28,152 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from robustkit.attacks.pgd import PGD, AttackTensors, SearchState, _is_success
+from robustkit import seeding
+from robustkit.attacks.base import (
+    Attack,
+    SearchState,
+    broadcast_rows,
+    compact,
+    count_step,
+    is_success,
+    keep_best,
+    while_active,
+)
 from robustkit.errors import InputError
-from robustkit.losses import LossFunction
+from robustkit.losses import LossFunction, get_attack_loss
 from robustkit.models import Classifier
 from robustkit.norms import Norm
 
-# Fractions of the query budget (in 1/10000) after which the window area halves (paper, App. A).
-_HALVING_POINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+# Progress points (in 1/10000 of the query budget) after which p halves (paper, Appendix A).
+HALVING_POINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+SAME_PIXEL = 1e-7  # the reference's tolerance for "the clipped window did not change"
 _TINY = 1e-12
+_MAX_CODED_CHANNELS = 16  # sign patterns are numbered 0 .. 2**channels - 1 up to this many
 
 
-def window_fraction(query: int, queries: int, p_init: float) -> float:
-    """The share of the image a window covers at 0-based ``query`` of ``queries`` (NumPy
-    reference of the in-graph schedule)."""
+def p_selection(p_init: float, query: int, queries: int) -> float:
+    """The share of the image a window covers at 0-based ``query`` of ``queries`` (the paper's
+    piecewise-constant schedule, rescaled to the budget as ``int(query / queries * 10000)``)."""
     progress = int(query / queries * 10000)
-    return p_init / 2 ** sum(progress > point for point in _HALVING_POINTS)
+    return p_init / 2 ** sum(progress > point for point in HALVING_POINTS)
 
 
-class Square(PGD):
-    """Random search over square windows; needs logits only (no gradients).
+# ------------------------------------------------------------------------- pseudo-Gaussian
+
+
+def _rectangle_bump(rows: tf.Tensor, cols: tf.Tensor, height: tf.Tensor, width: tf.Tensor):
+    """The reference's ``pseudo_gaussian_pert_rectangles(height, width)`` at integer positions
+    ``rows``/``cols`` (any equal shapes), unnormalised: concentric rectangles around
+    ``(height // 2, width // 2)``, ring k (Chebyshev distance) adding ``1 / (k + 1)**2`` to
+    everything inside it, i.e. the value at distance d is ``sum_{k=d+1}^{K} 1 / k**2`` with
+    ``K = max(height // 2, width // 2) + 1``."""
+    distance = tf.maximum(tf.abs(rows - height // 2), tf.abs(cols - width // 2))
+    rings = tf.maximum(height // 2, width // 2) + 1
+    k = tf.cast(tf.range(1, rings + 1), tf.float32)
+    terms = 1.0 / tf.square(k)
+    reach = tf.cast(distance, tf.float32)[..., None] < k  # k > d
+    return tf.reduce_sum(tf.where(reach, terms, 0.0), axis=-1)
+
+
+def pseudo_gaussian_window(side: tf.Tensor | int) -> tf.Tensor:
+    """The two-lobed pseudo-Gaussian pattern float32 [side, side] of unit L2 norm (the
+    reference's ``meta_pseudo_gaussian_pert`` before its random transpose): the top
+    ``side // 2`` rows a positive bump, the other rows a negative one, each of unit norm."""
+    side = tf.convert_to_tensor(side, tf.int32)
+    split = side // 2
+    rows = tf.range(side)[:, None] + tf.zeros([1, side], tf.int32)
+    cols = tf.range(side)[None, :] + tf.zeros([side, 1], tf.int32)
+    top = rows < split
+    bump = tf.where(
+        top,
+        _rectangle_bump(rows, cols, split, side),
+        _rectangle_bump(rows - split, cols, side - split, side),
+    )
+
+    def unit(part: tf.Tensor) -> tf.Tensor:
+        return tf.math.divide_no_nan(part, tf.sqrt(tf.reduce_sum(tf.square(part))))
+
+    pattern = unit(tf.where(top, bump, 0.0)) - unit(tf.where(top, 0.0, bump))
+    return unit(pattern)
+
+
+def _place(
+    pattern: tf.Tensor,
+    side: tf.Tensor,
+    top: tf.Tensor,
+    left: tf.Tensor,
+    transpose: tf.Tensor,
+    height: int,
+    width: int,
+) -> tf.Tensor:
+    """``pattern`` [side, side] (or its transpose, per example) placed at per-example corners
+    ``top``/``left`` [m] of an [m, height, width, 1] canvas of zeros."""
+    rows = tf.range(height)[None, :, None] - top[:, None, None]
+    cols = tf.range(width)[None, None, :] - left[:, None, None]
+    inside = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
+    rows, cols = tf.clip_by_value(rows, 0, side - 1), tf.clip_by_value(cols, 0, side - 1)
+    flip = transpose[:, None, None]
+    flat = tf.where(flip, cols * side + rows, rows * side + cols)
+    values = tf.gather(tf.reshape(pattern, [-1]), flat)
+    return tf.where(inside, values, 0.0)[..., None]
+
+
+def _window(side: tf.Tensor, top: tf.Tensor, left: tf.Tensor, height: int, width: int):
+    """bool [m, height, width, 1]: the square of ``side`` pixels at corners ``top``/``left``."""
+    rows = tf.range(height)[None, :, None, None] - top[:, None, None, None]
+    cols = tf.range(width)[None, None, :, None] - left[:, None, None, None]
+    return (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
+
+
+def _channel_norms(values: tf.Tensor) -> tf.Tensor:
+    """L2 norm per example and channel [m, 1, 1, C] of values [m, H, W, C]."""
+    return tf.sqrt(tf.reduce_sum(tf.square(values), axis=[1, 2], keepdims=True))
+
+
+def _image_norms(values: tf.Tensor) -> tf.Tensor:
+    """L2 norm per example [m, 1, 1, 1] of values [m, H, W, C]."""
+    return tf.sqrt(tf.reduce_sum(tf.square(values), axis=[1, 2, 3], keepdims=True))
+
+
+def l2_window_update(
+    delta: tf.Tensor, first: tf.Tensor, union: tf.Tensor, bump: tf.Tensor, eps: tf.Tensor
+) -> tf.Tensor:
+    """The paper's L2 step on perturbations delta [m, H, W, C] of norm <= eps: the new
+    perturbation, of L2 norm eps.
+
+    ``first`` and ``union`` are bool [m, H, W, 1] masks of window 1 and of windows 1 and 2;
+    ``bump`` [m, H, W, C] is the new pattern in window 1 (unit norm per channel, zero outside).
+    Per channel c, window 1 becomes ``bump + old_c / ||old_c||`` (old_c: its current content)
+    rescaled to norm ``sqrt(max(eps² - ||delta||², 0) / C + ||delta_c on windows 1 and 2||²)``;
+    window 2 outside window 1 becomes zero; the rest is kept. The mass moved equals the mass
+    removed plus the unused budget, so the norm becomes eps; the whole perturbation is then
+    rescaled to eps exactly (as the reference does, which absorbs round-off)."""
+    channels = delta.shape[-1]
+    old = tf.where(first, delta, 0.0)
+    new = bump + old / (_channel_norms(old) + 1e-10)
+    unused = tf.maximum(tf.square(eps) - tf.square(_image_norms(delta)), 0.0)
+    mass = tf.square(_channel_norms(tf.where(union, delta, 0.0)))
+    new = new / (_channel_norms(new) + _TINY) * tf.sqrt(unused / channels + mass)
+    delta = tf.where(first, new, tf.where(union, 0.0, delta))
+    return delta / (_image_norms(delta) + _TINY) * eps
+
+
+class Square(Attack):
+    """Square Attack: random search over square windows; needs logits only (no gradients).
 
     Args:
-        norm: "linf", "l2" or a :class:`~robustkit.norms.Norm` (then ``eps`` is ignored).
+        norm: "linf", "l2" or a :class:`~robustkit.norms.Norm` (then ``eps`` must be None).
         eps: radius of the ball, in pixel units of the classifier's bounds.
-        queries: forward passes per example and restart (the initial draw included).
-        p_init: share of the image the first windows cover (0 < p_init <= 1).
-        restarts: independent searches; each example keeps its best.
-        loss: the objective, "margin" (Carlini-Wagner, the paper's choice), "ce" or a callable
-            ``(logits, labels) -> [N]``; negated for targeted attacks.
+        queries: forward passes per example and restart, the initial point included.
+        p_init: share of the image the first windows cover (0 < p_init <= 1); the paper's
+            default for robust models is 0.3 (Linf) and 0.1 (L2), AutoAttack's 0.8.
+        restarts: independent searches; examples broken by one are not attacked by the next.
+        loss: the objective, "margin" (best other logit minus the label's, the paper's choice),
+            "ce" or a callable ``(logits, labels) -> [N]``; negated for targeted attacks.
         early_stop: stop querying an example once it is adversarial.
         seed: seed of every random draw; the same seed gives the same bytes.
 
-    ``AttackResult.steps`` and ``AttackTensors.steps`` count forward queries per example.
+    ``AttackResult.steps`` counts forward queries per example.
     """
 
     gradient_free = True
@@ -64,278 +183,260 @@ class Square(PGD):
         norm: str | Norm = "linf",
         eps: float | None = None,
         *,
-        queries: int = 1000,
+        queries: int = 5000,
         p_init: float = 0.8,
         restarts: int = 1,
         loss: str | LossFunction = "margin",
         early_stop: bool = True,
         seed: int = 0,
     ) -> None:
+        super().__init__(norm, eps, early_stop=early_stop, seed=seed)
         if int(queries) < 1:
             raise InputError(f"queries must be >= 1, got {queries!r}.")
         if not 0 < float(p_init) <= 1:
             raise InputError(f"p_init must be in (0, 1], got {p_init!r}.")
-        super().__init__(
-            norm,
-            eps,
-            steps=int(queries),
-            random_start=True,
-            restarts=restarts,
-            loss=loss,
-            early_stop=early_stop,
-            seed=seed,
-        )
+        if int(restarts) < 1:
+            raise InputError(f"restarts must be >= 1, got {restarts!r}.")
         self.queries = int(queries)
         self.p_init = float(p_init)
+        self.restarts = int(restarts)
+        self.loss = loss
+        self._loss_function = get_attack_loss(loss)
 
-    @property
-    def config(self) -> dict[str, Any]:
-        """Every hyperparameter, JSON-able."""
+    def budget(self, num_classes: int) -> int:
+        return self.queries * self.restarts
+
+    def _options(self) -> dict[str, Any]:
         return {
-            "attack": type(self).__name__,
-            **self.norm.to_dict(),
             "queries": self.queries,
             "p_init": self.p_init,
             "restarts": self.restarts,
             "loss": getattr(self.loss, "__name__", self.loss),
-            "early_stop": self.early_stop,
-            "seed": self.seed,
         }
 
-    # ---------------------------------------------------------------- proposals
-
-    def _side(self, query: tf.Tensor, height: int, width: int) -> tf.Tensor:
-        """Window side (pixels, int32 scalar) at 0-based ``query``."""
-        progress = tf.cast(tf.cast(query, tf.float32) / self.queries * 10000.0, tf.int32)
-        halvings = tf.reduce_sum(tf.cast(progress > tf.constant(_HALVING_POINTS), tf.float32))
-        fraction = self.p_init / tf.pow(2.0, halvings)
-        side = tf.cast(tf.round(tf.sqrt(fraction * height * width)), tf.int32)
-        return tf.clip_by_value(side, 1, max(min(height, width) - 1, 1))
-
-    @staticmethod
-    def _window(shape: tf.Tensor, side: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        """A random square window per example: mask [m, H, W, 1] and its top-left corner."""
-        m, height, width = shape[0], shape[1], shape[2]
-        seeds = tf.random.experimental.stateless_split(seed, 2)
-        top = tf.random.stateless_uniform([m], seeds[0], 0, height - side + 1, tf.int32)
-        left = tf.random.stateless_uniform([m], seeds[1], 0, width - side + 1, tf.int32)
-        rows = tf.range(height)[None, :, None, None] - top[:, None, None, None]
-        cols = tf.range(width)[None, None, :, None] - left[:, None, None, None]
-        mask = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
-        return mask, rows, cols
-
-    @staticmethod
-    def _signs(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """Random ±1 floats of ``shape``."""
-        bits = tf.random.stateless_uniform(shape, seed, 0, 2, tf.int32)
-        return tf.cast(2 * bits - 1, tf.float32)
-
-    def _initial_delta(self, shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """Vertical stripes of random sign per column and channel, on the sphere of radius eps."""
-        stripes = self._signs(tf.stack([shape[0], 1, shape[2], shape[3]]), seed)
-        stripes = tf.broadcast_to(stripes, shape)
-        if self.norm.name == "linf":
-            return self.norm.eps * stripes
-        dimension = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
-        return self.norm.eps * stripes / tf.sqrt(dimension)
-
-    def _propose_linf(self, delta: tf.Tensor, side: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """Set one window of ``delta`` to ±eps per channel (flipped if it already held those)."""
-        shape = tf.shape(delta)
-        seeds = tf.random.experimental.stateless_split(seed, 2)
-        mask, _, _ = self._window(shape, side, seeds[0])
-        values = self.norm.eps * self._signs(tf.stack([shape[0], 1, 1, shape[3]]), seeds[1])
-        unchanged = tf.reduce_all(
-            tf.abs(tf.where(mask, values - delta, 0.0)) < 1e-7, axis=[1, 2, 3], keepdims=True
-        )
-        return tf.where(mask, tf.where(unchanged, -values, values), delta)
-
-    def _propose_l2(self, delta: tf.Tensor, side: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """Move the mass of a second window (and unused budget) into a new bump in the first."""
-        shape = tf.shape(delta)
-        seeds = tf.random.experimental.stateless_split(seed, 4)
-        first, rows, cols = self._window(shape, side, seeds[0])
-        second, _, _ = self._window(shape, side, seeds[1])
-        second = second & ~first
-        transpose = tf.random.stateless_uniform([shape[0], 1, 1, 1], seeds[2]) < 0.5
-        rows, cols = tf.where(transpose, cols, rows), tf.where(transpose, rows, cols)
-        bump = self._two_lobes(rows, cols, side) * self._signs(
-            tf.stack([shape[0], 1, 1, shape[3]]), seeds[3]
-        )
-
-        def norm(values: tf.Tensor) -> tf.Tensor:
-            return tf.sqrt(tf.reduce_sum(tf.square(values), axis=[1, 2, 3], keepdims=True))
-
-        old = tf.where(first, delta, 0.0)
-        direction = tf.where(first, bump + old / tf.maximum(norm(old), _TINY), 0.0)
-        slack = tf.maximum(self.norm.eps**2 - tf.square(norm(delta)), 0.0)
-        moved = tf.square(norm(tf.where(first | second, delta, 0.0)))
-        scale = tf.sqrt(slack + moved) / tf.maximum(norm(direction), _TINY)
-        return tf.where(first, direction * scale, tf.where(second, 0.0, delta))
-
-    @staticmethod
-    def _two_lobes(rows: tf.Tensor, cols: tf.Tensor, side: tf.Tensor) -> tf.Tensor:
-        """A window-sized pattern [m, H, W, 1]: a positive peaked lobe on the first half of the
-        rows, a negative one on the second, each falling off as 1 / (1 + ring index)."""
-        split = side // 2
-        in_first = rows < split
-        lobe_top = tf.where(in_first, 0, split)
-        lobe_rows = tf.where(in_first, split, side - split)
-        center_row = tf.cast(lobe_top, tf.float32) + (tf.cast(lobe_rows, tf.float32) - 1) / 2
-        center_col = (tf.cast(side, tf.float32) - 1) / 2
-        ring = tf.floor(
-            tf.maximum(
-                tf.abs(tf.cast(rows, tf.float32) - center_row),
-                tf.abs(tf.cast(cols, tf.float32) - center_col),
-            )
-        )
-        inside = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
-        sign = tf.where(in_first, 1.0, -1.0)
-        return tf.where(inside, sign / (1.0 + ring), 0.0)
-
-    # ---------------------------------------------------------------- in-graph search
-
-    def _objective(self, logits: tf.Tensor, labels: tf.Tensor, targeted: bool) -> tf.Tensor:
+    def objective(self, logits: tf.Tensor, labels: tf.Tensor, targeted: bool) -> tf.Tensor:
         value = self._loss_function(logits, labels)
         return -value if targeted else value
 
-    def _random_search(
+    # ---------------------------------------------------------------- schedule
+
+    def _side(self, query: tf.Tensor, shape: tuple[int, int, int]) -> tf.Tensor:
+        """Window side in pixels (int32 scalar) at 0-based loop ``query`` for images of
+        ``shape`` (H, W, C): ``round(sqrt(p * H * W * C / C))``, at least 1 (Linf) or the next
+        odd number >= 3 (L2), at most ``min(H, W) - 1``. Computed in float64, the same
+        operations as the reference, so the rounding matches it bit for bit."""
+        height, width, channels = shape
+        fraction = tf.cast(query, tf.float64) / float(self.queries) * 10000.0
+        progress = tf.cast(tf.floor(fraction), tf.int64)
+        halvings = tf.reduce_sum(
+            tf.cast(progress > tf.constant(HALVING_POINTS, tf.int64), tf.int32)
+        )
+        p = self.p_init / tf.pow(tf.constant(2.0, tf.float64), tf.cast(halvings, tf.float64))
+        side = tf.cast(tf.round(tf.sqrt(p * float(height * width * channels) / channels)), tf.int32)
+        if self.norm.name == "l2":
+            side = tf.maximum(side, 3)
+            side = side + 1 - side % 2
+        return tf.clip_by_value(side, 1, max(min(height, width) - 1, 1))
+
+    # ---------------------------------------------------------------- starts
+
+    def _start(self, x: tf.Tensor, keys: tf.Tensor, eps: tf.Tensor, bounds) -> tf.Tensor:
+        """The first candidate for x [m, H, W, C] (one query)."""
+        height, width, channels = x.shape[1:]
+        if self.norm.name == "linf":
+            stripes = seeding.signs(keys, [1, width, channels])  # one sign per column, channel
+            return tf.clip_by_value(x + eps * stripes, *bounds)
+        delta = self._grid_of_bumps(keys, height, width, channels)
+        delta = delta / (_image_norms(delta) + _TINY) * eps
+        return tf.clip_by_value(x + delta, *bounds)
+
+    @staticmethod
+    def _grid_of_bumps(keys: tf.Tensor, height: int, width: int, channels: int) -> tf.Tensor:
+        """The reference's L2 start [m, H, W, C], unnormalised: squares of side ``s = H // 5``
+        tiled from offset ``(H - 5 s) // 2``, each the pseudo-Gaussian pattern (transposed at
+        random) times a random sign per channel."""
+        side = max(min(height, width) // 5, 1)
+        blocks_down, blocks_across = height // side, width // side
+
+        def layout(size: int, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+            offset = max((size - 5 * side) // 2, 0)
+            position = np.arange(size) - offset
+            block = np.where((position >= 0) & (position < blocks * side), position // side, -1)
+            return block, np.where(block >= 0, position % side, 0)
+
+        block_row, local_row = layout(height, blocks_down)
+        block_col, local_col = layout(width, blocks_across)
+        blocks = blocks_down * blocks_across
+        inside = (block_row[:, None] >= 0) & (block_col[None, :] >= 0)
+        block = np.where(inside, block_row[:, None] * blocks_across + block_col[None, :], 0)
+        local_r = np.broadcast_to(local_row[:, None], (height, width))
+        local_c = np.broadcast_to(local_col[None, :], (height, width))
+
+        pattern = tf.reshape(pseudo_gaussian_window(side), [-1])
+        transpose = seeding.uniform(seeding.fold_in(keys, 0), [blocks]) < 0.5  # [m, blocks]
+        signs = seeding.signs(seeding.fold_in(keys, 1), [blocks, channels])  # [m, blocks, C]
+        flipped = tf.gather(transpose, block.reshape(-1), axis=1)  # [m, H * W]
+        flat = tf.where(
+            flipped,
+            tf.constant((local_c * side + local_r).reshape(-1), tf.int32),
+            tf.constant((local_r * side + local_c).reshape(-1), tf.int32),
+        )
+        values = tf.gather(pattern, flat)  # [m, H * W]
+        block_signs = tf.gather(signs, block.reshape(-1), axis=1)  # [m, H * W, C]
+        mask = tf.constant(inside.reshape(-1, 1), tf.float32)
+        delta = values[..., None] * block_signs * mask
+        return tf.reshape(delta, [-1, height, width, channels])
+
+    # ---------------------------------------------------------------- proposals
+
+    def _propose(
+        self,
+        x_clean: tf.Tensor,
+        x_now: tf.Tensor,
+        side: tf.Tensor,
+        keys: tf.Tensor,
+        eps: tf.Tensor,
+        bounds: tuple[float, float],
+    ) -> tf.Tensor:
+        """The next candidate [m, H, W, C] from the current iterate x_now (in the ball and
+        bounds around x_clean), with windows of ``side`` pixels and per-example ``keys``."""
+        propose = self._propose_linf if self.norm.name == "linf" else self._propose_l2
+        return propose(x_clean, x_now, side, keys, eps, bounds)
+
+    @staticmethod
+    def _corners(keys: tf.Tensor, side: tf.Tensor, height: int, width: int):
+        """Per-example window corners (top, left) [m], uniform in {0, ..., H - side} x
+        {0, ..., W - side}."""
+        top = seeding.integers(seeding.fold_in(keys, 0), height - side + 1)
+        left = seeding.integers(seeding.fold_in(keys, 1), width - side + 1)
+        return top, left
+
+    def _propose_linf(self, x_clean, x_now, side, keys, eps, bounds) -> tf.Tensor:
+        """One random window set to ``clip(x ± eps)`` per channel, never a no-op.
+
+        The clipped window equals the current one for at most one sign pattern (each channel
+        matches with at most one sign when eps > 0). The reference redraws the signs until they
+        change the window; here the pattern is drawn uniformly among the other patterns in one
+        draw (patterns numbered by their bits, the no-op number skipped), which is the
+        distribution that loop samples from."""
+        height, width, channels = x_clean.shape[1:]
+        top, left = self._corners(keys, side, height, width)
+        window = _window(side, top, left, height, width)
+        plus = tf.clip_by_value(x_clean + eps, *bounds)
+        minus = tf.clip_by_value(x_clean - eps, *bounds)
+
+        def unchanged(values: tf.Tensor) -> tf.Tensor:  # [m, C]: the window already holds them
+            same = tf.abs(values - x_now) < SAME_PIXEL
+            return tf.reduce_all(same | ~window, axis=[1, 2])
+
+        same_plus, same_minus = unchanged(plus), unchanged(minus)
+        if channels <= _MAX_CODED_CHANNELS:
+            weights = tf.constant([2**k for k in range(channels)], tf.int32)
+            no_op_exists = tf.reduce_all(same_plus | same_minus, axis=1)  # [m]
+            no_op_code = tf.reduce_sum(tf.cast(same_plus, tf.int32) * weights, axis=1)
+            choices = tf.where(no_op_exists, 2**channels - 1, 2**channels)
+            code = seeding.integers(seeding.fold_in(keys, 2), choices)
+            code = code + tf.cast(no_op_exists & (code >= no_op_code), tf.int32)
+            bits = tf.bitwise.bitwise_and(
+                tf.bitwise.right_shift(code[:, None], tf.range(channels)), 1
+            )
+            positive = bits > 0  # [m, C]
+        else:  # a no-op pattern has probability <= 2**-17; drawn plainly
+            positive = seeding.signs(seeding.fold_in(keys, 2), [channels]) > 0
+        values = tf.where(positive[:, None, None, :], plus, minus)
+        return tf.where(window, values, x_now)
+
+    def _propose_l2(self, x_clean, x_now, side, keys, eps, bounds) -> tf.Tensor:
+        """The reference's L2 update: window 1 gets the pseudo-Gaussian pattern (random transpose
+        and sign per channel) plus its old content, rescaled per channel to carry the mass of
+        windows 1 and 2 and an equal share of the unused budget; window 2 is emptied; the whole
+        perturbation is rescaled to norm eps and the image clipped to the bounds."""
+        height, width, channels = x_clean.shape[1:]
+        delta = x_now - x_clean
+        top, left = self._corners(keys, side, height, width)
+        top_2, left_2 = self._corners(seeding.fold_in(keys, 2), side, height, width)
+        first = _window(side, top, left, height, width)
+        union = first | _window(side, top_2, left_2, height, width)
+        transpose = seeding.uniform(seeding.fold_in(keys, 3), []) < 0.5
+        signs = seeding.signs(seeding.fold_in(keys, 4), [1, 1, channels])
+        pattern = _place(pseudo_gaussian_window(side), side, top, left, transpose, height, width)
+
+        delta = l2_window_update(delta, first, union, pattern * signs, eps)
+        return tf.clip_by_value(x_clean + delta, *bounds)
+
+    # ---------------------------------------------------------------- in-graph search
+
+    def _single_run(
         self,
         classifier: Classifier,
         x: tf.Tensor,
         labels: tf.Tensor,
-        seed: tf.Tensor,
+        keys: tf.Tensor,
+        eps: tf.Tensor,
         state: SearchState,
         targeted: bool,
     ) -> SearchState:
-        """One restart: ``queries`` forward passes per example still worth attacking."""
-        low, high = classifier.bounds
-        height, width = classifier.input_shape[:2]
-        propose = self._propose_linf if self.norm.name == "linf" else self._propose_l2
-
-        def judge(state, index, x_now, logits, objective, success):
-            best_success = tf.gather(state.success, index)
-            best_objective = tf.gather(state.loss, index)
-            better = (success & ~best_success) | (
-                (success == best_success) & (objective > best_objective)
-            )
-            where = tf.boolean_mask(index, better)[:, None]
-
-            def scatter(old: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
-                return tf.tensor_scatter_nd_update(old, where, tf.boolean_mask(new, better))
-
-            return SearchState(
-                x=scatter(state.x, x_now),
-                logits=scatter(state.logits, logits),
-                loss=scatter(state.loss, objective),
-                success=scatter(state.success, success),
-                steps=tf.tensor_scatter_nd_add(state.steps, index[:, None], tf.ones_like(index)),
-            )
-
-        def keep(active, *tensors):
-            if not self.early_stop:
-                return list(tensors)
-            return [tf.boolean_mask(t, active) for t in tensors]
-
-        init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        """One search of ``queries`` queries per example still worth attacking (keys [N, 2] of
+        this restart)."""
+        bounds = classifier.bounds
+        shape = tuple(int(d) for d in x.shape[1:])
         index = tf.range(tf.shape(x)[0])
         if self.early_stop:
             index = tf.boolean_mask(index, ~state.success)
-        x_clean, labels_now = tf.gather(x, index), tf.gather(labels, index)
-        x_now = tf.clip_by_value(
-            x_clean + self._initial_delta(tf.shape(x_clean), init_seed), low, high
-        )
+        x_clean, labels_now, keys_now = (tf.gather(t, index) for t in (x, labels, keys))
 
-        def first_query(state):
-            logits = classifier.logits(x_now)
-            objective = self._objective(logits, labels_now, targeted)
-            success = _is_success(logits, labels_now, targeted)
-            state = judge(state, index, x_now, logits, objective, success)
-            return state, objective, success
-
-        state, objective_now, success_now = tf.cond(
-            tf.size(index) > 0,
-            lambda: first_query(state),
-            lambda: (state, tf.zeros([0]), tf.zeros([0], tf.bool)),
-        )
-        index, x_clean, x_now, labels_now, objective_now, success_now = keep(
-            ~success_now, index, x_clean, x_now, labels_now, objective_now, success_now
-        )
-
-        def condition(query, index, x_clean, x_now, labels_now, objective_now, state):
-            return (query < self.queries - 1) & (tf.size(index) > 0)
-
-        def body(query, index, x_clean, x_now, labels_now, objective_now, state):
-            side = self._side(query, height, width)
-            query_seed = tf.random.experimental.stateless_fold_in(loop_seed, query)
-            delta = propose(x_now - x_clean, side, query_seed)
-            candidate = tf.clip_by_value(x_clean + delta, low, high)
+        def judge(candidate, labels_now):
             logits = classifier.logits(candidate)
-            objective = self._objective(logits, labels_now, targeted)
-            success = _is_success(logits, labels_now, targeted)
-            improved = (objective > objective_now) | success
-            state = judge(state, index, candidate, logits, objective, success)
-            x_now = tf.where(improved[:, None, None, None], candidate, x_now)
-            objective_now = tf.where(improved, objective, objective_now)
-            index, x_clean, x_now, labels_now, objective_now = keep(
-                ~success, index, x_clean, x_now, labels_now, objective_now
+            return (
+                logits,
+                self.objective(logits, labels_now, targeted),
+                is_success(logits, labels_now, targeted),
             )
-            return query + 1, index, x_clean, x_now, labels_now, objective_now, state
 
-        image_shape = tf.TensorShape([None, *x.shape[1:]])
-        vector = tf.TensorShape([None])
-        state_shapes = SearchState(
-            x=image_shape,
-            logits=tf.TensorShape([None, None]),
-            loss=vector,
-            success=vector,
-            steps=vector,
-        )
-        *_, state = tf.while_loop(
-            condition,
-            body,
-            (tf.constant(0), index, x_clean, x_now, labels_now, objective_now, state),
-            shape_invariants=(
-                tf.TensorShape([]),
-                vector,
-                image_shape,
-                image_shape,
-                vector,
-                vector,
-                state_shapes,
-            ),
-            parallel_iterations=1,
-        )
-        return state
+        def leave_if_broken(success, *tensors):
+            return compact(~success, *tensors) if self.early_stop else list(tensors)
 
-    def run(
-        self,
-        classifier: Classifier,
-        x: tf.Tensor,
-        labels: tf.Tensor,
-        seed: tf.Tensor,
-        *,
-        targeted: bool = False,
-    ) -> AttackTensors:
-        """The attack on one batch, as graph-friendly tensor code (call it inside tf.function).
+        def attack_active(state: SearchState) -> SearchState:
+            x_now = self._start(x_clean, seeding.fold_in(keys_now, -1), eps, bounds)
+            logits, objective, success = judge(x_now, labels_now)
+            state = keep_best(count_step(state, index), index, x_now, logits, objective, success)
+            active = leave_if_broken(
+                success, index, x_clean, x_now, labels_now, keys_now, objective, success
+            )
 
-        Args:
-            x: clean images [N, H, W, C] in bounds; labels: int32 [N] true labels, or target
-            classes when ``targeted``; seed: int32 [2] stateless seed.
+            def condition(query, active, state):
+                return (query < self.queries - 1) & (tf.size(active[0]) > 0)
 
-        Returns:
-            AttackTensors whose ``steps`` count forward queries; ``success_unquantized`` equals
-            ``success`` (Square does not quantize).
-        """
-        n = tf.shape(x)[0]
-        state = SearchState(
-            x=x,
-            logits=tf.zeros((n, classifier.num_classes)),
-            loss=tf.fill((n,), -np.inf),
-            success=tf.zeros((n,), tf.bool),
-            steps=tf.zeros((n,), tf.int32),
-        )
+            def body(query, active, state):
+                rows, x_clean, x_now, labels_now, keys_now, objective_now, success_now = active
+                side = self._side(query, shape)
+                query_keys = seeding.fold_in(keys_now, query)
+                candidate = self._propose(x_clean, x_now, side, query_keys, eps, bounds)
+                logits, objective, success = judge(candidate, labels_now)
+                state = keep_best(
+                    count_step(state, rows), rows, candidate, logits, objective, success
+                )
+                improved = (objective > objective_now) | (success & ~success_now)
+                x_now = tf.where(broadcast_rows(improved, x_now), candidate, x_now)
+                objective_now = tf.where(improved, objective, objective_now)
+                success_now = tf.where(improved, success, success_now)
+                active = leave_if_broken(
+                    success_now, rows, x_clean, x_now, labels_now, keys_now, objective_now,
+                    success_now,
+                )  # fmt: skip
+                return query + 1, active, state
+
+            _, _, state = while_active(condition, body, (tf.constant(0), active, state))
+            return state
+
+        # Some kernels reject empty batches: nothing to attack, no forward pass.
+        return tf.cond(tf.size(index) > 0, lambda: attack_active(state), lambda: state)
+
+    def _search(self, classifier, x, labels, keys, eps, state, targeted) -> SearchState:
+        if len(x.shape) != 4 or any(d is None for d in x.shape[1:]):
+            raise InputError(f"Square needs images [N, H, W, C] of known size, got {x.shape}.")
+        eps = tf.cast(eps, tf.float32)
         for restart in range(self.restarts):
-            restart_seed = tf.random.experimental.stateless_fold_in(seed, restart)
-            state = self._random_search(classifier, x, labels, restart_seed, state, targeted)
-        return AttackTensors(state.x, state.logits, state.success, state.success, state.steps)
+            restart_keys = seeding.fold_in(keys, restart)
+            state = self._single_run(classifier, x, labels, restart_keys, eps, state, targeted)
+        return state

@@ -1,10 +1,15 @@
 """One eps of an evaluation: the suite's attacks run in turn, each example keeps its strongest
-adversarial, and every claimed adversarial is re-checked before it counts.
+adversarial, and every claimed adversarial is re-checked by a fresh forward pass before it
+counts: the fresh pass decides, and disagreements are reported.
 
 Cascade mode attacks only the examples still robust when an attack's turn comes, so each
 example stops costing anything once it is broken; independent mode runs every attack on every
 correctly classified example (each attack's own accuracy, at full cost). Either way the worst
 case is the per-example AND over the attacks: robust = clean-correct and broken by none.
+Examples broken at a smaller radius are carried over (:func:`carry_over`): the same adversarial
+lies in the larger ball, so they are broken there too, whatever the attacks find there. The
+attacks still run on them (they break fast, with early stopping), so ``broken`` keeps what each
+attack found at each radius and a suite that fails at larger radii stays visible.
 """
 
 from __future__ import annotations
@@ -18,17 +23,16 @@ import numpy as np
 
 from robustkit.evaluation.engine import Executor
 from robustkit.evaluation.report import AttackOutcome
-from robustkit.evaluation.suites import SuiteAttack, full_budget
+from robustkit.evaluation.suites import SuiteAttack
 from robustkit.models import Classifier
-from robustkit.norms import Norm
+from robustkit.norms import Norm, ball_slack
 
 # (attack name, pass number, passes, examples done, examples in the pass)
 PassProgress = Callable[[str, int, int, int, int], None]
 
 NOT_ATTACKED = -2  # broken_by of an example misclassified before any attack
 UNBROKEN = -1  # broken_by of an example no attack broke
-_RELATIVE_SLACK = 1e-5  # float32 round-off allowed on the distance from the clean image
-_ABSOLUTE_SLACK = 1e-6
+BY_CHECK = -3  # broken_by of an example only a sanity check's attack broke
 
 
 def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -73,12 +77,18 @@ def _distances(delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return linf.astype(np.float32), np.linalg.norm(flat, axis=1).astype(np.float32)
 
 
-def within_ball(norm_name: str, eps: float, x_adv: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """bool [m]: each x_adv lies in the ``norm_name`` ball of radius eps around x (float32
-    round-off allowed)."""
+def within_ball(
+    norm_name: str, eps: float, x_adv: np.ndarray, x: np.ndarray, bounds: tuple[float, float]
+) -> np.ndarray:
+    """bool [m]: each x_adv lies inside the bounds and in the ``norm_name`` ball of radius eps
+    around x, up to float32 round-off at the bounds' scale (:func:`robustkit.norms.ball_slack`)."""
     linf, l2 = _distances(x_adv - x)
     distance = linf if norm_name == "linf" else l2
-    return distance <= eps * (1 + _RELATIVE_SLACK) + _ABSOLUTE_SLACK
+    dimension = int(np.prod(x.shape[1:]))
+    slack = ball_slack(norm_name, eps, bounds, dimension)
+    low, high = bounds
+    in_bounds = np.all((x_adv >= low) & (x_adv <= high), axis=tuple(range(1, x.ndim)))
+    return (distance <= eps + slack) & in_bounds
 
 
 def run_cascade(
@@ -88,23 +98,21 @@ def run_cascade(
     x: np.ndarray,
     y: np.ndarray,
     clean_logits: np.ndarray,
-    example_ids: np.ndarray,
-    key: Sequence[int],
+    keys: np.ndarray,
     *,
     cascade: bool = True,
     keep_images: bool = False,
     progress: PassProgress | None = None,
 ) -> CascadeResult:
-    """Run the built suite ``attacks`` (spec, attack) at the ball ``norm`` on x [m, H, W, C]
+    """Run the built suite ``attacks`` (spec, attack) in the ball ``norm`` on x [m, H, W, C]
     with true labels y [m] and clean logits [m, K].
 
-    ``example_ids`` [m] are the examples' indices in the whole data set (they pick seeds);
-    ``key`` identifies the run. An adversarial counts only if it is misclassified, inside the
-    ball and inside the bounds; each counted one is re-classified by a fresh forward pass and
-    disagreements are counted (a deterministic model has none).
+    ``keys`` [m, 2] are the examples' random keys. An adversarial counts only if it is
+    inside the ball and the bounds and a fresh forward pass misclassifies it; claims the fresh
+    pass does not confirm are counted as disagreements (a deterministic model has none).
     """
     classifier: Classifier = executor.classifier
-    low, high = classifier.bounds
+    bounds = classifier.bounds
     m, num_attacks = len(x), len(attacks)
     clean_pred = clean_logits.argmax(axis=1)
     correct = clean_pred == y
@@ -131,7 +139,6 @@ def run_cascade(
             idx = np.flatnonzero(todo)
             if idx.size == 0:
                 continue
-            labels = y[idx] if pass_targets is None else pass_targets[idx]
 
             def report(
                 done: int, total: int, name: str = spec.name, p: int = p, of: int = len(passes)
@@ -142,41 +149,36 @@ def run_cascade(
             out = executor.run(
                 attack,
                 x[idx],
-                labels,
-                example_ids[idx],
-                (*key, a, p),
-                targeted=pass_targets is not None,
+                y[idx],
+                keys[idx],
+                norm.eps,
+                targets=None if pass_targets is None else pass_targets[idx],
                 progress=report,
             )
             attacked[a, idx] = True
             evaluations[idx] += out.evaluations
             spent += int(out.evaluations.sum())
-            d_linf, d_l2 = _distances(out.x_adv - x[idx])
-            inside = within_ball(norm.name, norm.eps, out.x_adv, x[idx]) & np.all(
-                (out.x_adv >= low) & (out.x_adv <= high), axis=tuple(range(1, x.ndim))
-            )
-            predicted = out.logits.argmax(axis=1)
-            misclassified = predicted != y[idx]
-            hit = misclassified & inside
-            verification["outside_ball"] += int(np.sum(misclassified & ~inside))
-            if hit.any():
-                fresh = classifier.predict_logits(out.x_adv[hit], executor.chunk_size)
-                verification["rechecked"] += int(hit.sum())
-                verification["disagreements"] += int(np.sum(fresh.argmax(axis=1) == y[idx][hit]))
+            hit, fresh_logits = verify(executor, norm, out.x_adv, x[idx], y[idx], out.logits)
+            claimed = out.logits.argmax(axis=1) != y[idx]
+            inside = within_ball(norm.name, norm.eps, out.x_adv, x[idx], bounds)
+            verification["outside_ball"] += int(np.sum(claimed & ~inside))
+            verification["rechecked"] += int(np.sum(claimed & inside))
+            verification["disagreements"] += int(np.sum(claimed & inside & ~hit))
             broken[a, idx[hit]] = True
-            out_margin = margins(out.logits, y[idx])
+            d_linf, d_l2 = _distances(out.x_adv - x[idx])
+            out_margin = margins(fresh_logits, y[idx])
             unbroken = broken_by[idx] == UNBROKEN
             newly = hit & unbroken
             keep = newly | (unbroken & inside & (out_margin > adversarial_margin[idx]))
             rows = idx[keep]
             broken_by[idx[newly]] = a
-            adversarial_pred[rows] = predicted[keep]
+            adversarial_pred[rows] = fresh_logits[keep].argmax(axis=1)
             adversarial_margin[rows] = out_margin[keep]
             linf[rows], l2[rows] = d_linf[keep], d_l2[keep]
             if x_adv is not None:
                 x_adv[rows] = out.x_adv[keep]
         still_robust = broken_by == UNBROKEN if cascade else correct & ~broken[a]
-        budget = full_budget(attack.config) * int(correct.sum()) * len(passes)
+        budget = attack.budget(classifier.num_classes) * int(correct.sum()) * len(passes)
         outcomes.append(
             AttackOutcome(
                 attack=spec.name,
@@ -205,3 +207,37 @@ def run_cascade(
         outcomes=outcomes,
         verification=verification,
     )
+
+
+def verify(
+    executor: Executor,
+    norm: Norm,
+    x_adv: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    logits: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(hit [m], logits [m, K]): which x_adv [m, ...] are verified adversarials -- inside the
+    ball and the bounds and misclassified by a fresh forward pass -- and the logits that
+    decide (fresh ones for the candidates the attack claimed, the attack's own elsewhere)."""
+    classifier = executor.classifier
+    inside = within_ball(norm.name, norm.eps, x_adv, x, classifier.bounds)
+    candidates = inside & (logits.argmax(axis=1) != y)
+    decided = logits.copy()
+    if candidates.any():
+        decided[candidates] = classifier.predict_logits(x_adv[candidates], executor.chunk_size)
+    hit = candidates & (decided.argmax(axis=1) != y)
+    return hit, decided
+
+
+def carry_over(smaller: CascadeResult, larger: CascadeResult) -> None:
+    """Mark in ``larger`` (in place) the examples broken at the smaller radius that no attack
+    broke at the larger one: their adversarial lies in the larger ball too."""
+    rows = ~smaller.robust & larger.robust
+    larger.robust[rows] = False
+    larger.broken_by[rows] = smaller.broken_by[rows]
+    larger.adversarial_pred[rows] = smaller.adversarial_pred[rows]
+    larger.adversarial_margin[rows] = smaller.adversarial_margin[rows]
+    larger.linf[rows], larger.l2[rows] = smaller.linf[rows], smaller.l2[rows]
+    if larger.x_adv is not None and smaller.x_adv is not None:
+        larger.x_adv[rows] = smaller.x_adv[rows]

@@ -1,25 +1,28 @@
-"""Running an attack's in-graph ``run`` over chunks of examples, on one device or sharded over
-the replicas of a ``tf.distribute`` strategy.
+"""Running an attack's compiled batch function over chunks of examples, on one device or
+sharded over the replicas of a ``tf.distribute`` strategy.
 
-The examples are cut into the same chunks either way, and each chunk's stateless seed depends
-only on the run's key and the index of the chunk's first example, so a strategy changes where
-the chunks run, never what they compute. With ``chunk_size=1`` every example gets its own
-seed, whichever other examples are attacked with it.
+Every example draws its random numbers from its own key, ``hash(seed, stream, example index)``
+(:mod:`robustkit.seeding`), so what an attack finds for an example depends neither on the
+chunking, nor on the strategy, nor on which other examples are attacked with it: the evaluator
+with seed s finds what ``attack(x)`` with seed s finds. The radius is a tensor argument of the
+attack's one compiled function, so an eps sweep traces it once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from robustkit import seeding
 from robustkit.errors import InputError
 from robustkit.models import Classifier
 
 ChunkProgress = Callable[[int, int], None]  # (examples done, examples in total)
+MAIN_STREAM = 0  # key stream of the evaluation itself (and of attack(...) calls)
 
 
 @dataclass
@@ -32,10 +35,10 @@ class AttackOutput:
     evaluations: np.ndarray
 
 
-def chunk_seed(key: Sequence[int], first_index: int) -> np.ndarray:
-    """The int32 [2] stateless seed of the chunk starting at example ``first_index``."""
-    words = np.random.SeedSequence([*map(int, key), int(first_index)]).generate_state(2)
-    return words.astype(np.uint32).view(np.int32)
+def keys_for(seed: int, stream: int, example_ids: np.ndarray) -> np.ndarray:
+    """int32 [m, 2] per-example keys of examples ``example_ids`` in key stream ``stream``."""
+    words = tf.constant([int(seed), int(stream)], tf.int32)
+    return seeding.example_keys(words, tf.constant(example_ids, tf.int64)).numpy()
 
 
 class Executor:
@@ -55,52 +58,34 @@ class Executor:
         self.strategy = strategy
         self.chunk_size = int(chunk_size)
         self.replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
-        self._functions: dict[tuple[int, bool], tuple[Any, Any]] = {}
-
-    def _function(self, attack: Any, targeted: bool) -> Any:
-        """The compiled chunk function for this attack (cached; the attack is kept alive)."""
-        key = (id(attack), targeted)
-        if key not in self._functions:
-            classifier = self.classifier
-
-            def attack_chunk(x, labels, seed):
-                result = attack.run(classifier, x, labels, seed, targeted=targeted)
-                return result.x_adv, result.logits, result.steps
-
-            signature = [
-                tf.TensorSpec((None, *classifier.input_shape), tf.float32),
-                tf.TensorSpec((None,), tf.int32),
-                tf.TensorSpec((2,), tf.int32),
-            ]
-            self._functions[key] = (attack, tf.function(attack_chunk, input_signature=signature))
-        return self._functions[key][1]
 
     def run(
         self,
         attack: Any,
         x: np.ndarray,
         labels: np.ndarray,
-        example_ids: np.ndarray,
-        key: Sequence[int],
+        keys: np.ndarray,
+        eps: float,
         *,
-        targeted: bool = False,
+        targets: np.ndarray | None = None,
         progress: ChunkProgress | None = None,
     ) -> AttackOutput:
-        """Attack x [m, H, W, C] with labels (or targets) [m].
-
-        ``example_ids`` [m] are the examples' indices in the whole data set (they pick the
-        chunk seeds); ``key`` identifies the run (seed, eps, attack, pass).
-        """
-        function = self._function(attack, targeted)
+        """Attack x [m, H, W, C] with true labels [m] at radius ``eps``; with ``targets`` [m]
+        the attack is targeted at those classes. ``keys`` [m, 2] are the examples' keys."""
+        target_mode = None if targets is None else "given"
+        function = attack.compiled(self.classifier, target_mode)
         m = len(x)
-        starts = list(range(0, m, self.chunk_size))
+        targets = np.zeros(m, np.int32) if targets is None else targets.astype(np.int32)
+        radius = np.float32(eps)
         chunks = [
             (
                 x[begin : begin + self.chunk_size],
                 labels[begin : begin + self.chunk_size].astype(np.int32),
-                chunk_seed(key, int(example_ids[begin])),
+                targets[begin : begin + self.chunk_size],
+                keys[begin : begin + self.chunk_size],
+                radius,
             )
-            for begin in starts
+            for begin in range(0, m, self.chunk_size)
         ]
         outputs: list[tuple[np.ndarray, ...]] = []
         for first in range(0, len(chunks), self.replicas):
@@ -121,8 +106,13 @@ class Executor:
     def _run_group(self, function: Any, group: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """Run up to ``replicas`` chunks at once; a short group is padded with copies of its
         first chunk, whose results are dropped."""
+
+        def call(*chunk: Any) -> tuple[tf.Tensor, ...]:
+            result = function(*chunk)[3]
+            return result.x_adv, result.logits, result.steps
+
         if self.strategy is None:
-            return [tuple(t.numpy() for t in function(*chunk)) for chunk in group]
+            return [tuple(t.numpy() for t in call(*chunk)) for chunk in group]
         padded = group + [group[0]] * (self.replicas - len(group))
 
         def per_replica(position: int) -> Any:
@@ -131,8 +121,6 @@ class Executor:
             )
 
         # each replica calls the compiled chunk function on its own device
-        results = self.strategy.run(
-            lambda *chunk: function(*chunk), args=tuple(per_replica(i) for i in range(3))
-        )
+        results = self.strategy.run(call, args=tuple(per_replica(i) for i in range(5)))
         local = [self.strategy.experimental_local_results(part) for part in results]
         return [tuple(part[r].numpy() for part in local) for r in range(len(group))]

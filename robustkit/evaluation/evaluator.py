@@ -19,11 +19,11 @@ import tensorflow as tf
 
 import robustkit
 from robustkit.errors import InputError
-from robustkit.evaluation.cascade import run_cascade
+from robustkit.evaluation.cascade import carry_over, run_cascade
 from robustkit.evaluation.checks import CheckContext, run_checks, select_checks
-from robustkit.evaluation.engine import Executor
+from robustkit.evaluation.engine import MAIN_STREAM, Executor, keys_for
 from robustkit.evaluation.report import AttackOutcome, ExampleRecords, RobustnessReport
-from robustkit.evaluation.suites import full_budget, resolve_suite
+from robustkit.evaluation.suites import resolve_suite
 from robustkit.models import Classifier
 from robustkit.norms import NORMS, Norm, make_norm
 
@@ -116,16 +116,21 @@ def _cost(outcomes: Sequence[AttackOutcome]) -> dict[str, Any]:
     return cost
 
 
-def _describe(specs: Sequence[Any], built: list[list[Any]]) -> list[dict[str, Any]]:
+def _describe(
+    specs: Sequence[Any], attacks: Sequence[Any], epsilons: Sequence[float], num_classes: int
+) -> list[dict[str, Any]]:
     """Each suite attack's options, its full config at every eps and its budget."""
     descriptions = []
-    for a, spec in enumerate(specs):
-        configs = [attacks[a].config for attacks in built]
+    for spec, attack in zip(specs, attacks, strict=True):
+        configs = [{**attack.config, "eps": eps} for eps in epsilons]
+        if "rel_step_size" in attack.config:
+            for config in configs:
+                config["step_size"] = float(attack.step_at(config["eps"]))
         descriptions.append(
             {
                 **spec.describe(),
                 "configs": configs,
-                "full_budget_per_example": full_budget(configs[0]),
+                "full_budget_per_example": attack.budget(num_classes),
             }
         )
     return descriptions
@@ -156,9 +161,11 @@ def evaluate(
             bounds and true labels [N].
         threat: ``Linf(eps)`` / ``L2(eps)``, or "linf" / "l2" with ``epsilons``.
         epsilons: radii in pixel units (e.g. [0.1, 0.2, 0.3]); default the threat's eps.
-        suite: "standard", "quick", or a list of SuiteAttack / PGD / FGSM / Square instances
-            (instances are rebuilt for each eps with their step size relative to eps).
-        seed: seed of every random draw; the same seed gives the same report numbers.
+        suite: "standard" (AutoAttack's: APGD-CE, APGD-T, FAB-T, Square), "plus", "quick"
+            (APGD-CE, APGD-T over 3 targets), or a list of SuiteAttack / attack instances
+            (their step sizes scale with eps).
+        seed: seed of every random draw; the same seed gives the same report numbers, and
+            each attack finds what the same attack called with this seed finds.
         strategy: a ``tf.distribute`` strategy; chunks of ``batch_size`` examples are spread
             over its replicas, with results identical to one device.
         batch_size: examples per compiled chunk (per replica).
@@ -190,12 +197,13 @@ def evaluate(
     correct = clean_pred == y
     logger.info("clean accuracy %.4f on %d examples", correct.mean(), n)
 
-    results, outcomes, built = [], [], []
+    results, outcomes = [], []
     verification = {"rechecked": 0, "outside_ball": 0, "disagreements": 0}
-    for e, eps in enumerate(epsilons):
+    # Built once: the radius is a tensor argument, so each attack traces once for every eps.
+    attacks = [(spec, spec.build(make_norm(norm_name, epsilons[0]), seed=seed)) for spec in specs]
+    keys = keys_for(seed, MAIN_STREAM, np.arange(n))
+    for eps in epsilons:
         norm = make_norm(norm_name, eps)
-        attacks = [(spec, spec.build(norm)) for spec in specs]
-        built.append([attack for _, attack in attacks])
 
         def report(name: str, p: int, passes: int, done: int, total: int, eps=eps) -> None:
             if progress is not None:
@@ -208,12 +216,13 @@ def evaluate(
             x,
             y,
             clean_logits,
-            np.arange(n),
-            (seed, e),
+            keys,
             cascade=cascade,
             keep_images=return_images,
             progress=report,
         )
+        if results:
+            carry_over(results[-1], result)
         results.append(result)
         for key in verification:
             verification[key] += result.verification[key]
@@ -252,7 +261,7 @@ def evaluate(
     context = CheckContext(
         executor=executor,
         suite=specs,
-        built=built,
+        attacks=[attack for _, attack in attacks],
         norm_name=norm_name,
         epsilons=epsilons,
         x=x,
@@ -269,6 +278,9 @@ def evaluate(
     for check in check_results:
         if check.verdict in ("warn", "fail"):
             logger.warning("check %d %s: %s", check.number, check.verdict, check.explanation)
+    robust_before_checks = [float(row.mean()) for row in records.robust]
+    broken_by_checks = context.apply_check_adversarials()
+    verification["broken_by_checks"] = broken_by_checks
     checks_seconds = time.perf_counter() - started - clean_seconds - attacks_seconds
 
     return RobustnessReport(
@@ -276,14 +288,17 @@ def evaluate(
         bounds=classifier.bounds,
         epsilons=epsilons,
         suite=suite_name,
-        attacks=_describe(specs, built),
+        attacks=_describe(
+            specs, [attack for _, attack in attacks], epsilons, classifier.num_classes
+        ),
         mode="cascade" if cascade else "independent",
         seed=int(seed),
         num_examples=n,
         num_classes=classifier.num_classes,
         logits_source=classifier.logits_source,
         clean_accuracy=float(correct.mean()),
-        robust_accuracy=[float(result.robust.mean()) for result in results],
+        robust_accuracy=[float(row.mean()) for row in records.robust],
+        robust_accuracy_before_checks=robust_before_checks,
         outcomes=outcomes,
         verification=verification,
         checks=check_results,

@@ -17,7 +17,7 @@ from robustkit.errors import InputError
 from robustkit.io.reports import to_jsonable
 
 SCHEMA_NAME = "robustkit.robustness-report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 VERDICTS = ("pass", "warn", "fail", "not run")
 MODES = ("cascade", "independent")
 
@@ -133,17 +133,21 @@ class RobustnessReport:
 
     Attributes:
         norm: "linf" or "l2"; bounds: (low, high) pixel bounds; epsilons: radii, ascending.
-        suite: "quick", "standard" or "custom"; attacks: one description per suite attack, in
-            the order run (name, class, options, ``configs`` = every hyperparameter at each
-            eps, ``full_budget_per_example``).
+        suite: "quick", "standard", "plus" or "custom"; attacks: one description per suite
+            attack, in the order run (name, class, options, ``configs`` = every
+            hyperparameter at each eps, ``full_budget_per_example``).
         mode: "cascade" (each attack sees only examples still robust) or "independent".
         seed: seed of every random draw.
         num_examples, num_classes: data size; logits_source: where the logits come from.
         clean_accuracy: share of examples classified correctly.
-        robust_accuracy: [E] worst case over the suite per eps.
+        robust_accuracy: [E] worst case per eps: clean-correct and no verified adversarial found
+            by any attack or sanity check at that eps or a smaller one.
+        robust_accuracy_before_checks: [E] the same from the suite's attacks alone.
         outcomes: per attack and eps (eps-major order).
         verification: counts from re-checking every claimed adversarial: ``rechecked``,
-            ``outside_ball`` (rejected), ``disagreements`` (a fresh forward pass disagreed).
+            ``outside_ball`` (rejected), ``disagreements`` (a fresh forward pass disagreed, so
+            the claim did not count), ``broken_by_checks`` (examples only a check's attack broke,
+            summed over eps).
         checks: the sanity checks.
         cost: evaluations spent and what the full budget would have cost.
         timing: wall times in seconds (``total``, ``clean``, ``attacks``, ``checks``).
@@ -165,6 +169,7 @@ class RobustnessReport:
     logits_source: str
     clean_accuracy: float
     robust_accuracy: list[float]
+    robust_accuracy_before_checks: list[float]
     outcomes: list[AttackOutcome]
     verification: dict[str, int]
     checks: list[CheckResult]

@@ -43,7 +43,7 @@ _EXAMPLES = _object(
         "labels": _array(_COUNT),
         "clean_pred": _array(_COUNT),
         "robust": _array({"type": "boolean"}, 2),
-        "broken_by": _array({"type": "integer", "minimum": -2}, 2),
+        "broken_by": _array({"type": "integer", "minimum": -3}, 2),
         "adversarial_pred": _array(_COUNT, 2),
         "adversarial_margin": _array({"type": "number"}, 2),
         "linf": _array({"type": "number", "minimum": 0}, 2),
@@ -88,6 +88,7 @@ REPORT_SCHEMA: dict[str, Any] = {
             "logits_source": _TEXT,
             "clean_accuracy": _SHARE,
             "robust_accuracy": _array(_SHARE),
+            "robust_accuracy_before_checks": _array(_SHARE),
             "outcomes": _array(
                 _object(
                     {
@@ -105,7 +106,12 @@ REPORT_SCHEMA: dict[str, Any] = {
                 )
             ),
             "verification": _object(
-                {"rechecked": _COUNT, "outside_ball": _COUNT, "disagreements": _COUNT}
+                {
+                    "rechecked": _COUNT,
+                    "outside_ball": _COUNT,
+                    "disagreements": _COUNT,
+                    "broken_by_checks": _COUNT,
+                }
             ),
             "checks": _array(
                 _object(

@@ -1,7 +1,7 @@
-"""Attack suites: which attacks the evaluator runs, with which budgets, rebuilt for each eps.
+"""Attack suites: which attacks the evaluator runs, with which budgets.
 
-A :class:`SuiteAttack` holds an attack class and its eps-independent options; step sizes are
-kept relative to eps (``rel_step_size``) so that one suite serves every radius.
+A :class:`SuiteAttack` holds an attack class and its eps-independent options; the attack is
+built once and every radius is a tensor argument of its compiled run (one trace per attack).
 """
 
 from __future__ import annotations
@@ -11,28 +11,29 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from robustkit.attacks import FGSM, PGD, Square
+from robustkit.attacks import APGD, APGDT, FABT, PGD, Attack, Square
 from robustkit.errors import InputError
 from robustkit.norms import Norm
 
-SUITES = ("quick", "standard")
+SUITES = ("quick", "standard", "plus")
 BUDGET_KEYS = ("steps", "queries", "restarts")  # options scaled by ``budget_factor``
-_NOT_OPTIONS = ("attack", "norm", "eps", "step_size")  # config keys that are not options
+_NOT_OPTIONS = ("attack", "norm", "eps", "step_size", "seed")  # config keys that are not options
 
 
 @dataclass(frozen=True)
 class SuiteAttack:
-    """One attack of a suite, rebuilt for each eps.
+    """One attack of a suite: its class and eps-independent options (built once; the radius is
+    a tensor argument of every run).
 
     Attributes:
-        name: label in the report, unique within a suite (e.g. ``"pgd-ce"``).
-        factory: an attack class (PGD, FGSM, Square) or any callable ``(norm, **options)``
-            returning an object with ``run(classifier, x, labels, seed, targeted=...)`` (giving
-            :class:`~robustkit.attacks.AttackTensors`) and a ``config`` dict.
-        options: keyword arguments of ``factory``; give step sizes as ``rel_step_size`` (a
+        name: label in the report, unique within a suite (e.g. ``"apgd-ce"``).
+        factory: a robustkit attack class (APGD, APGDT, FABT, Square, PGD, FGSM) or any callable
+            ``(norm, **options)`` returning a :class:`~robustkit.attacks.Attack`.
+        options: keyword arguments of ``factory``; give PGD step sizes as ``rel_step_size`` (a
             fraction of eps) so they scale with eps.
-        top_k_targets: 0 for an untargeted attack; k > 0 runs it targeted at each of the k
-            classes the model finds most likely after the true one, in turn.
+        top_k_targets: 0 for an attack run once; k > 0 runs it targeted (class reached = success)
+            at each of the k classes the model finds most likely after the true one, in turn.
+            APGDT and FABT pick their own targets and are run with 0.
     """
 
     name: str
@@ -51,16 +52,22 @@ class SuiteAttack:
         """True when the attack uses logits only (e.g. Square)."""
         return bool(getattr(self.factory, "gradient_free", False))
 
-    def build(self, norm: Norm, budget_factor: int = 1) -> Any:
-        """The attack for the ball ``norm``, with steps, queries and restarts times
-        ``budget_factor`` (step sizes unchanged, so a larger budget searches further)."""
+    def build(self, norm: Norm, budget_factor: int = 1, seed: int | None = None) -> Attack:
+        """The attack in the ball ``norm`` (its eps is only the default radius), with steps,
+        queries and restarts times ``budget_factor``, and ``seed`` when given."""
         options = dict(self.options)
         for key in BUDGET_KEYS:
             if key in options:
                 options[key] = int(options[key]) * int(budget_factor)
-        if self.factory is FGSM and "rel_step_size" in options:
-            options["step_size"] = float(options.pop("rel_step_size")) * norm.eps
-        return self.factory(norm, **options)
+        if seed is not None:
+            options["seed"] = int(seed)
+        attack = self.factory(norm, **options)
+        if not isinstance(attack, Attack):
+            raise InputError(
+                f"Suite attack {self.name!r} built a {type(attack).__name__}; a factory must "
+                "return a robustkit Attack (subclass robustkit.attacks.Attack)."
+            )
+        return attack
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description: name, kind, targets and options (callables by name)."""
@@ -79,10 +86,10 @@ class SuiteAttack:
     def from_attack(
         cls, attack: Any, name: str | None = None, top_k_targets: int = 0
     ) -> SuiteAttack:
-        """A suite entry equivalent to a configured PGD, FGSM or Square instance."""
-        if not isinstance(attack, PGD):
+        """A suite entry equivalent to a configured robustkit attack instance."""
+        if not isinstance(attack, Attack):
             raise InputError(
-                f"Cannot rebuild {type(attack).__name__} for other radii; wrap it as "
+                f"Cannot run {type(attack).__name__} in a suite; pass a robustkit attack or "
                 "SuiteAttack(name, factory, options) with a factory taking (norm, **options)."
             )
         config = attack.config
@@ -90,58 +97,64 @@ class SuiteAttack:
         options = {
             key: value
             for key, value in config.items()
-            if key in accepted and key not in _NOT_OPTIONS
+            if key in accepted and key not in _NOT_OPTIONS and value is not None
         }
-        options["loss"] = attack.loss  # the callable itself, not its name
-        if "step_size" in config:
+        if "loss" in options:
+            options["loss"] = attack.loss  # the callable itself, not its name
+        if isinstance(attack, PGD):
+            options.pop("rel_step_size", None)
             eps = attack.norm.eps
-            options["rel_step_size"] = config["step_size"] / eps if eps > 0 else 0.0
+            if attack.fixed_step_size is not None:
+                options["rel_step_size"] = attack.fixed_step_size / eps if eps > 0 else 0.0
+            else:
+                options["rel_step_size"] = attack.rel_step_size
         return cls(name or default_name(attack), type(attack), options, top_k_targets)
 
 
 def default_name(attack: Any) -> str:
-    """A short label: ``fgsm``, ``square`` or ``pgd-<loss>``."""
+    """A short label: ``fgsm``, ``square``, ``apgd-<loss>``, ``apgdt``, ``fabt``, ``pgd-<loss>``."""
     kind = type(attack).__name__.lower()
-    if kind == "pgd":
-        return f"pgd-{getattr(attack.loss, '__name__', attack.loss)}"
+    if kind in ("pgd", "apgd"):
+        return f"{kind}-{getattr(attack.loss, '__name__', attack.loss)}"
     return kind
 
 
-def full_budget(config: Mapping[str, Any]) -> int:
-    """Evaluations one example costs per target when the attack never stops early: queries or
-    gradient steps times restarts, plus the steps on the pixel grid when quantized."""
-    restarts = int(config.get("restarts", 1))
-    if "queries" in config:
-        return int(config["queries"]) * restarts
-    return int(config.get("steps", 1)) * restarts + int(config.get("grid_steps") or 0)
-
-
 def standard_suite() -> list[SuiteAttack]:
-    """PGD-CE with restarts, PGD-margin, targeted PGD at the top 3 other classes, Square."""
+    """AutoAttack's standard version (Croce & Hein 2020): APGD-CE, APGD-T over 9 targets, FAB-T
+    over 9 targets (100 steps each, one restart) and Square with 5,000 queries."""
     return [
-        SuiteAttack("pgd-ce", PGD, {"steps": 100, "rel_step_size": 0.025, "restarts": 3}),
-        SuiteAttack("pgd-margin", PGD, {"steps": 100, "rel_step_size": 0.025, "loss": "margin"}),
-        SuiteAttack(
-            "pgd-targeted",
-            PGD,
-            {"steps": 100, "rel_step_size": 0.025, "loss": "margin"},
-            top_k_targets=3,
-        ),
-        SuiteAttack("square", Square, {"queries": 1000, "p_init": 0.8}),
+        SuiteAttack("apgd-ce", APGD, {"steps": 100, "loss": "ce"}),
+        SuiteAttack("apgd-t", APGDT, {"steps": 100, "targets": 9}),
+        SuiteAttack("fab-t", FABT, {"steps": 100, "targets": 9}),
+        SuiteAttack("square", Square, {"queries": 5000, "p_init": 0.8}),
+    ]
+
+
+def plus_suite() -> list[SuiteAttack]:
+    """AutoAttack's plus version as far as robustkit has its attacks: APGD-CE and APGD-DLR with
+    5 restarts, APGD-T and FAB-T over 9 targets, Square with 5,000 queries and 5 restarts."""
+    return [
+        SuiteAttack("apgd-ce", APGD, {"steps": 100, "loss": "ce", "restarts": 5}),
+        SuiteAttack("apgd-dlr", APGD, {"steps": 100, "loss": "dlr", "restarts": 5}),
+        SuiteAttack("apgd-t", APGDT, {"steps": 100, "targets": 9}),
+        SuiteAttack("fab-t", FABT, {"steps": 100, "targets": 9}),
+        SuiteAttack("square", Square, {"queries": 5000, "p_init": 0.8, "restarts": 5}),
     ]
 
 
 def quick_suite() -> list[SuiteAttack]:
-    """A cheap suite for iteration: 20-step PGD-CE and PGD-margin, 200-query Square."""
+    """A cheap suite for iteration: APGD-CE and APGD-T over the 3 likeliest other classes."""
     return [
-        SuiteAttack("pgd-ce", PGD, {"steps": 20, "rel_step_size": 0.125}),
-        SuiteAttack("pgd-margin", PGD, {"steps": 20, "rel_step_size": 0.125, "loss": "margin"}),
-        SuiteAttack("square", Square, {"queries": 200, "p_init": 0.8}),
+        SuiteAttack("apgd-ce", APGD, {"steps": 100, "loss": "ce"}),
+        SuiteAttack("apgd-t", APGDT, {"steps": 100, "targets": 3}),
     ]
 
 
+_SUITE_BUILDERS = {"quick": quick_suite, "standard": standard_suite, "plus": plus_suite}
+
+
 def resolve_suite(suite: str | Sequence[Any]) -> tuple[str, list[SuiteAttack]]:
-    """(name, attacks) for "quick", "standard" or a list of SuiteAttack / attack instances.
+    """(name, attacks) for "quick", "standard", "plus" or a list of SuiteAttack / attack instances.
 
     Gradient-free attacks move to the end (order otherwise kept), so that in the cascade they
     see exactly the examples every gradient attack failed on.
@@ -149,7 +162,7 @@ def resolve_suite(suite: str | Sequence[Any]) -> tuple[str, list[SuiteAttack]]:
     if isinstance(suite, str):
         if suite not in SUITES:
             raise InputError(f"Unknown suite {suite!r}; choose one of {SUITES} or pass attacks.")
-        name, attacks = suite, (standard_suite() if suite == "standard" else quick_suite())
+        name, attacks = suite, _SUITE_BUILDERS[suite]()
     else:
         name = "custom"
         attacks = [a if isinstance(a, SuiteAttack) else SuiteAttack.from_attack(a) for a in suite]

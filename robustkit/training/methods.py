@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 
 from robustkit.attacks import FGSM, PGD
+from robustkit.attacks.base import require_gradient_attack
 from robustkit.errors import InputError
 from robustkit.gradients import input_gradient_penalty
 from robustkit.losses import LossFunction, cross_entropy, kl_divergence
@@ -112,6 +113,7 @@ def check_attack(attack: Any, method: str) -> None:
     """Raise InputError when ``attack`` cannot drive ``method``."""
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}.")
+    require_gradient_attack(attack, "The training attack")
     if not isinstance(attack, PGD):
         raise InputError(
             f"attack must be a robustkit PGD or FGSM attack (it sets the threat model and the "

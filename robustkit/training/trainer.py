@@ -22,6 +22,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from robustkit.attacks import PGD
+from robustkit.attacks.base import require_gradient_attack
 from robustkit.errors import InputError, OutputExistsError, RobustkitError
 from robustkit.losses import cross_entropy
 from robustkit.models import Classifier
@@ -127,8 +128,8 @@ class AdversarialTrainer:
             raise InputError(f"adversarial_weight must be in [0, 1], got {adversarial_weight!r}.")
         if beta < 0 or gradient_penalty < 0:
             raise InputError("beta and gradient_penalty must be >= 0.")
-        if validation_attack is not None and not isinstance(validation_attack, PGD):
-            raise InputError("validation_attack must be a robustkit PGD or FGSM attack.")
+        if validation_attack is not None:
+            require_gradient_attack(validation_attack, "validation_attack")
         self.classifier = _as_classifier(model)
         _check_output_activation(self.classifier)
         self.optimizer = optimizer

@@ -117,7 +117,7 @@ def test_early_stopping_same_success_fewer_steps_no_retracing() -> None:
     assert early.gradient_steps < full.gradient_steps
     assert np.all(early.steps[~early.success] == 10) and np.all(early.steps[early.success] <= 10)
     early_attack(classifier, x[:5], batch_size=16)  # another uneven size
-    function = early_attack._batch_function(classifier, None)
+    function = early_attack.compiled(classifier, None)
     assert function.experimental_get_tracing_count() == 1
 
 
@@ -195,17 +195,18 @@ def test_batch_where_every_example_breaks_early_skips_empty_forward_passes() -> 
     x = RNG.random((6, 8, 8, 1), dtype=np.float32)
     wrong_labels = (classifier.predict_logits(x).argmax(1) + 1) % 3  # all adversarial at once
     result = PGD("linf", 0.1, steps=5, restarts=2, random_start=False)(classifier, x, wrong_labels)
-    assert result.success.all() and np.all(result.steps == 1)
+    # The clean point is judged first (a forward pass, no gradient step): nothing is spent.
+    assert result.success.all() and np.all(result.steps == 0)
     np.testing.assert_array_equal(result.x_adv, x)
 
 
-def test_streamed_batches_with_first_batch_match_one_call() -> None:
+def test_streamed_batches_with_first_index_match_one_call() -> None:
     classifier = Classifier(small_cnn(seed=10))
     x = RNG.random((9, 8, 8, 1), dtype=np.float32)
     attack = PGD("linf", 0.1, steps=2, seed=4, early_stop=False)
     whole = attack(classifier, x, batch_size=3)
     streamed = [
-        attack(classifier, x[i : i + 3], batch_size=3, first_batch=i // 3) for i in (0, 3, 6)
+        attack(classifier, x[i : i + 3], batch_size=3, first_index=i) for i in (0, 3, 6)
     ]
     joined = np.concatenate([part.x_adv for part in streamed])
     assert joined.tobytes() == whole.x_adv.tobytes()

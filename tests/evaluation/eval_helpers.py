@@ -9,9 +9,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from robustkit.attacks import PGD, AttackTensors, Square
+from robustkit.attacks import PGD, Attack, SearchState, Square
 from robustkit.evaluation import RobustnessReport, SuiteAttack, evaluate
 from robustkit.gradients import input_gradients
+from robustkit.losses import cross_entropy
 from robustkit.models import Classifier
 
 SHAPE = (8, 8, 1)
@@ -102,24 +103,23 @@ def periodic_data(n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), np.zeros(n, np.int64)
 
 
-class LeakyStep:
+class LeakyStep(Attack):
     """A deliberately wrong 'attack': one signed cross-entropy step of size eps, returned even
     when the clean image was already misclassified (no best-iterate bookkeeping), which can
     move misclassified images back to their true class."""
 
-    def __init__(self, norm: Any) -> None:
-        self.norm = norm
+    def budget(self, num_classes: int) -> int:
+        return 1
 
-    @property
-    def config(self) -> dict[str, Any]:
-        return {"attack": "LeakyStep", **self.norm.to_dict()}
+    def objective(self, logits, labels, targeted):
+        return -cross_entropy(logits, labels)
 
-    def run(self, classifier, x, labels, seed, *, targeted=False) -> AttackTensors:
+    def _search(self, classifier, x, labels, keys, eps, state, targeted) -> SearchState:
         gradient = input_gradients(classifier, x, labels).gradient
-        x_adv = tf.clip_by_value(x + self.norm.eps * tf.sign(gradient), *classifier.bounds)
+        x_adv = tf.clip_by_value(x + eps * tf.sign(gradient), *classifier.bounds)
         logits = classifier.logits(x_adv)
         success = tf.argmax(logits, axis=1, output_type=tf.int32) != labels
-        return AttackTensors(x_adv, logits, success, success, tf.ones_like(labels))
+        return SearchState(x_adv, logits, state.loss, success, tf.ones_like(labels))
 
 
 def mislabelled_quadrants(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ from robustkit import InputError
 from robustkit.attacks import FGSM, PGD, Square
 from robustkit.evaluation import SuiteAttack, evaluate
 from robustkit.evaluation.cascade import margins, top_other_classes
-from robustkit.evaluation.suites import full_budget, resolve_suite
+from robustkit.evaluation.suites import resolve_suite
 from robustkit.norms import L2, Linf
 
 EPS = 0.19  # the healthy model is partly robust here
@@ -142,19 +142,24 @@ def test_suite_entries_rebuild_for_each_eps_with_relative_steps() -> None:
     assert fgsm.step_size == pytest.approx(2.5) and fgsm.random_start
     square = SuiteAttack.from_attack(Square("linf", 0.1, queries=30, p_init=0.3))
     assert square.gradient_free and square.build(Linf(0.2), 2).queries == 60
-    assert full_budget(square.build(Linf(0.2)).config) == 30
-    assert full_budget(PGD("linf", 0.1, steps=7, restarts=3, quantize=255).config) == 31
+    assert square.build(Linf(0.2)).budget(10) == 30
+    assert PGD("linf", 0.1, steps=7, restarts=3, quantize=255).budget(10) == 31
 
 
 def test_gradient_free_attacks_run_last_and_names_are_unique() -> None:
     name, suite = resolve_suite([Square("linf", 0.1), PGD("linf", 0.1)])
     assert name == "custom" and [a.name for a in suite] == ["pgd-ce", "square"]
-    assert [a.name for a in resolve_suite("standard")[1]] == [
-        "pgd-ce",
-        "pgd-margin",
-        "pgd-targeted",
-        "square",
+    # AutoAttack's standard version, with its budgets
+    standard = resolve_suite("standard")[1]
+    assert [a.name for a in standard] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert [dict(a.options) for a in standard] == [
+        {"steps": 100, "loss": "ce"},
+        {"steps": 100, "targets": 9},
+        {"steps": 100, "targets": 9},
+        {"queries": 5000, "p_init": 0.8},
     ]
+    assert [a.name for a in resolve_suite("quick")[1]] == ["apgd-ce", "apgd-t"]
+    assert resolve_suite("quick")[1][1].options["targets"] == 3
     with pytest.raises(InputError, match="unique"):
         resolve_suite([PGD("linf", 0.1), PGD("linf", 0.2)])
 

@@ -57,7 +57,7 @@ def test_npz_run_writes_the_reports_and_prints_the_table(inputs, tmp_path) -> No
     lines = result.stdout.splitlines()
     assert lines[0].startswith("linf robust accuracy, quick suite (cascade), 12 examples")
     assert any(line.split() == ["worst", "case", "0.0%"] for line in lines)
-    assert any(line.split() == ["after", "pgd-ce", "0.0%"] for line in lines)
+    assert any(line.split() == ["after", "apgd-ce", "0.0%"] for line in lines)
     with np.load(out / "adversarial.npz") as saved:
         assert saved["x_adv"].shape == (1, 12, 8, 8, 1)
         np.testing.assert_array_equal(saved["y"], quadrant_data(12, seed=8)[1])
