@@ -64,6 +64,8 @@ class APGD(Attack):
         seed: seed of every random draw; the same seed gives the same bytes.
     """
 
+    targetable = False
+
     def __init__(
         self,
         norm: str | Norm = "linf",

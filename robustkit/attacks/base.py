@@ -144,6 +144,7 @@ class Attack:
     """
 
     gradient_free: ClassVar[bool] = False
+    targetable: ClassVar[bool] = True  # runs targeted at given classes (else: picks its own)
 
     def __init__(
         self,
@@ -284,6 +285,12 @@ class Attack:
     def compiled(self, classifier: Classifier, target_mode: str | None = None) -> Any:
         """The compiled whole-batch attack ``(x, labels, targets, keys, eps)`` for this classifier
         and target mode (None, "given", "least-likely", "random"); traced once, cached."""
+        if target_mode is not None and not self.targetable:
+            raise InputError(
+                f"{type(self).__name__} is untargeted (it succeeds when the prediction leaves "
+                "the label; APGDT and FABT pick their own target classes). Use PGD for an "
+                "attack targeted at given classes."
+            )
         functions = self._compiled.setdefault(classifier, {})
         if target_mode in functions:
             return functions[target_mode]
