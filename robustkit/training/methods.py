@@ -95,14 +95,19 @@ def _shared_settings(attack: PGD, loss: str | LossFunction) -> dict[str, Any]:
 
 
 def _rebuilt(attack: PGD, norm: Norm, step_size: float, loss: str | LossFunction) -> PGD:
-    """A full-budget copy of ``attack`` (PGD or FGSM) with another ball, step size or loss."""
+    """A full-budget copy of ``attack`` (PGD or FGSM) with another ball, step size or loss.
+
+    The step is kept relative to the ball's radius, so a run at another eps (an eps ramp)
+    scales it, as rebuilding at that eps would."""
     shared = _shared_settings(attack, loss)
+    relative = step_size / norm.eps if norm.eps > 0 else None
+    steps = {"rel_step_size": relative} if relative is not None else {"step_size": step_size}
     if isinstance(attack, FGSM):
-        return FGSM(norm, step_size=step_size, random_start=attack.random_start, **shared)
+        return FGSM(norm, random_start=attack.random_start, **steps, **shared)
     return PGD(
         norm,
         steps=attack.steps,
-        step_size=step_size,
+        **steps,
         random_start=attack.random_start,
         restarts=attack.restarts,
         **shared,
@@ -144,6 +149,7 @@ def adversarial_examples(
     y: tf.Tensor,
     seed: tf.Tensor,
     *,
+    eps: tf.Tensor | float | None = None,
     gradient_penalty: float,
 ) -> tuple[tf.Tensor, tf.Tensor | None]:
     """Adversarial images [N, H, W, C] for one batch, with inference-mode clean logits [N, K]
@@ -165,7 +171,7 @@ def adversarial_examples(
             return kl_divergence(logits, reference)
 
         attack = with_loss(attack, kl_from_clean)
-    x_adv = attack.run(view, x, y, seed).x_adv
+    x_adv = attack.run(view, x, y, seed, eps=eps).x_adv
     return tf.stop_gradient(x_adv), clean_logits
 
 

@@ -19,7 +19,7 @@ def eps_ramp(eps: float, epochs: int, start: float = 0.0) -> EpsSchedule:
     """Radius per epoch rising linearly from ``start`` to ``eps`` over ``epochs`` epochs, then
     constant: epoch e (0-based) gets ``start + (eps - start) * min(1, (e + 1) / epochs)``.
 
-    Each distinct radius compiles its own training step once, so ramp over a few epochs.
+    The radius is an argument of the one compiled training step, so a ramp never retraces.
     """
     if int(epochs) < 1:
         raise InputError(f"ramp epochs must be >= 1, got {epochs!r}.")

@@ -176,18 +176,21 @@ class AdversarialTrainer:
 
     @property
     def traces(self) -> int:
-        """How many times training steps were traced (one per radius and input signature)."""
+        """How many times training steps were traced (one per input signature)."""
         return sum(step.experimental_get_tracing_count() for step in self._steps.values())
 
-    def _train_step(self, eps: float, spec: Any) -> Any:
-        """The compiled step for radius ``eps`` and this input signature (cached)."""
-        key = (eps, spec)
+    def _train_step(self, spec: Any) -> Any:
+        """The compiled step ``(batch, eps)`` for this input signature (cached). The radius is a
+        tensor argument, so an eps ramp over the epochs reuses one trace."""
+        key = spec
         if key in self._steps:
             return self._steps[key]
-        attack = training_attack(self.attack, self.method, eps)
+        attack = training_attack(self.attack, self.method, self.attack.norm.eps)
         strategy = self._strategy
 
-        def replica_step(x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        def replica_step(
+            x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor, eps: tf.Tensor
+        ) -> dict[str, tf.Tensor]:
             context = tf.distribute.get_replica_context()
             seed = tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
             x = self._checked_images(x, y)
@@ -198,6 +201,7 @@ class AdversarialTrainer:
                 x,
                 y,
                 seed,
+                eps=eps,
                 gradient_penalty=self.gradient_penalty,
             )
             count = tf.cast(tf.shape(y)[0], tf.float32)
@@ -242,16 +246,17 @@ class AdversarialTrainer:
                 "grad_norm": grad_norm / replicas,
             }
 
-        def step(batch: tuple[Any, Any]) -> None:
+        def step(batch: tuple[Any, Any], eps: tf.Tensor) -> None:
             x, y = batch
             seed = self._rng.uniform_full_int([2], tf.int32)
-            results = strategy.run(replica_step, args=(x, y, seed))
+            results = strategy.run(replica_step, args=(x, y, seed, eps))
             for name, value in results.items():
                 total = strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                 self._totals[name].assign_add(total)
             self._totals["steps"].assign_add(1.0)
 
-        self._steps[key] = tf.function(step, input_signature=[spec])
+        signature = [spec, tf.TensorSpec((), tf.float32)]
+        self._steps[key] = tf.function(step, input_signature=signature)
         return self._steps[key]
 
     def _checked_images(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -444,11 +449,12 @@ class AdversarialTrainer:
         callback_list.on_epoch_begin(epoch)
         started = time.perf_counter()
         dataset = self._strategy.experimental_distribute_dataset(batches.epoch(epoch))
-        step = self._train_step(eps, dataset.element_spec)
+        step = self._train_step(dataset.element_spec)
+        radius = tf.constant(eps, tf.float32)
         for index, batch in enumerate(dataset):
             callback_list.on_train_batch_begin(index)
             try:
-                step(batch)
+                step(batch, radius)
             except tf.errors.InvalidArgumentError as error:
                 translated = self._translated(error, epoch, index)
                 if translated is None:

@@ -59,6 +59,14 @@ def bn_trainer(seed: int) -> AdversarialTrainer:
     )
 
 
+def test_an_eps_ramp_reuses_one_trace_of_the_training_step() -> None:
+    """The radius is a tensor argument of the step: ramping it over epochs does not retrace."""
+    trainer = bn_trainer(seed=2)
+    history = trainer.fit((X, Y), 3, batch_size=16)
+    assert history.history["eps"] == pytest.approx([0.05, 0.1, 0.1])
+    assert trainer.traces == 1
+
+
 def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path) -> None:
     options = {"validation": (X_VAL, Y_VAL), "batch_size": 16}
     straight = bn_trainer(seed=1)
