@@ -15,6 +15,7 @@ from robustkit import evaluation
 from robustkit.errors import InputError
 from robustkit.evaluation import CHECKS, ProgressEvent, RobustnessReport, write_report
 from robustkit.evaluation.render import REPORT_FILES
+from robustkit.evaluation.suites import SUITES
 from robustkit.io import atomic_write, from_uint8
 from robustkit_cli.common import (
     NUMBERS,
@@ -138,6 +139,14 @@ def print_summary(console: Console, report: RobustnessReport, out: Path) -> None
         console.say(f"{prefix + name:<{width}}" + "".join(f"{_percent(v):>11}" for v in row))
     worst = "".join(f"{_percent(v):>11}" for v in report.robust_accuracy)
     console.say(f"{'worst case':<{width}}{worst}")
+    by_checks = report.verification.get("broken_by_checks", 0)
+    if by_checks:
+        console.say(
+            f"  (includes {by_checks} example-eps pair(s) only a sanity check's attack broke; "
+            "the suite alone: "
+            + ", ".join(_percent(v) for v in report.robust_accuracy_before_checks)
+            + ")"
+        )
     verdicts = ", ".join(f"{check.number} {check.verdict}" for check in report.checks)
     console.say(f"checks: {verdicts}")
     for check in report.checks:
@@ -161,7 +170,7 @@ def print_summary(console: Console, report: RobustnessReport, out: Path) -> None
     help="Comma-separated radii in [0, 1] pixel units, e.g. 0.1,0.2,0.3 or 2/255,8/255.",
 )
 @click.option(
-    "--suite", type=click.Choice(["quick", "standard"]), default="standard", show_default=True
+    "--suite", type=click.Choice(list(SUITES)), default="standard", show_default=True
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
 @click.option(

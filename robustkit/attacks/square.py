@@ -61,7 +61,9 @@ def p_selection(p_init: float, query: int, queries: int) -> float:
 # ------------------------------------------------------------------------- pseudo-Gaussian
 
 
-def _rectangle_bump(rows: tf.Tensor, cols: tf.Tensor, height: tf.Tensor, width: tf.Tensor):
+def _rectangle_bump(
+    rows: tf.Tensor, cols: tf.Tensor, height: tf.Tensor, width: tf.Tensor
+) -> tf.Tensor:
     """The reference's ``pseudo_gaussian_pert_rectangles(height, width)`` at integer positions
     ``rows``/``cols`` (any equal shapes), unnormalised: concentric rectangles around
     ``(height // 2, width // 2)``, ring k (Chebyshev distance) adding ``1 / (k + 1)**2`` to
@@ -118,7 +120,7 @@ def _place(
     return tf.where(inside, values, 0.0)[..., None]
 
 
-def _window(side: tf.Tensor, top: tf.Tensor, left: tf.Tensor, height: int, width: int):
+def _window(side: tf.Tensor, top: tf.Tensor, left: tf.Tensor, height: int, width: int) -> tf.Tensor:
     """bool [m, height, width, 1]: the square of ``side`` pixels at corners ``top``/``left``."""
     rows = tf.range(height)[None, :, None, None] - top[:, None, None, None]
     cols = tf.range(width)[None, None, :, None] - left[:, None, None, None]
@@ -204,7 +206,7 @@ class Square(Attack):
         self._loss_function = get_attack_loss(loss)
 
     def budget(self, num_classes: int) -> int:
-        return self.queries * self.restarts
+        return self.queries * self.restarts  # each restart: the start and queries - 1 more
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -240,7 +242,9 @@ class Square(Attack):
 
     # ---------------------------------------------------------------- starts
 
-    def _start(self, x: tf.Tensor, keys: tf.Tensor, eps: tf.Tensor, bounds) -> tf.Tensor:
+    def _start(
+        self, x: tf.Tensor, keys: tf.Tensor, eps: tf.Tensor, bounds: tuple[float, float]
+    ) -> tf.Tensor:
         """The first candidate for x [m, H, W, C] (one query)."""
         height, width, channels = x.shape[1:]
         if self.norm.name == "linf":
@@ -304,14 +308,24 @@ class Square(Attack):
         return propose(x_clean, x_now, side, keys, eps, bounds)
 
     @staticmethod
-    def _corners(keys: tf.Tensor, side: tf.Tensor, height: int, width: int):
+    def _corners(
+        keys: tf.Tensor, side: tf.Tensor, height: int, width: int
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """Per-example window corners (top, left) [m], uniform in {0, ..., H - side} x
         {0, ..., W - side}."""
         top = seeding.integers(seeding.fold_in(keys, 0), height - side + 1)
         left = seeding.integers(seeding.fold_in(keys, 1), width - side + 1)
         return top, left
 
-    def _propose_linf(self, x_clean, x_now, side, keys, eps, bounds) -> tf.Tensor:
+    def _propose_linf(
+        self,
+        x_clean: tf.Tensor,
+        x_now: tf.Tensor,
+        side: tf.Tensor,
+        keys: tf.Tensor,
+        eps: tf.Tensor,
+        bounds: tuple[float, float],
+    ) -> tf.Tensor:
         """One random window set to ``clip(x ± eps)`` per channel, never a no-op.
 
         The clipped window equals the current one for at most one sign pattern (each channel
@@ -346,7 +360,15 @@ class Square(Attack):
         values = tf.where(positive[:, None, None, :], plus, minus)
         return tf.where(window, values, x_now)
 
-    def _propose_l2(self, x_clean, x_now, side, keys, eps, bounds) -> tf.Tensor:
+    def _propose_l2(
+        self,
+        x_clean: tf.Tensor,
+        x_now: tf.Tensor,
+        side: tf.Tensor,
+        keys: tf.Tensor,
+        eps: tf.Tensor,
+        bounds: tuple[float, float],
+    ) -> tf.Tensor:
         """The reference's L2 update: window 1 gets the pseudo-Gaussian pattern (random transpose
         and sign per channel) plus its old content, rescaled per channel to carry the mass of
         windows 1 and 2 and an equal share of the unused budget; window 2 is emptied; the whole
