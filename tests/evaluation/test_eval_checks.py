@@ -20,7 +20,7 @@ from eval_helpers import (
     wrapped,
 )
 
-from robustkit.attacks import FGSM, PGD, Square
+from robustkit.attacks import APGD, FGSM, PGD, Square
 from robustkit.evaluation import CHECKS, SuiteAttack, evaluate
 from robustkit.models import Classifier
 from robustkit.norms import Linf
@@ -130,3 +130,19 @@ def test_checks_can_be_chosen_by_name_or_number() -> None:
     assert [c.verdict for c in report.checks] == ["pass"] + ["not run"] * 8
     assert report.check(5).explanation == "Needs at least two eps values."
     assert report.check(2).explanation == "Not selected for this run."
+
+
+@pytest.mark.slow
+def test_every_check_stays_quiet_on_a_healthy_model_at_10000_examples() -> None:
+    """At 10,000 examples rare noise could trip share-based verdicts; an honest suite on a
+    healthy model must still pass every check."""
+    x, y = quadrant_data(10_000, seed=22)
+    suite = [
+        SuiteAttack("apgd-ce", APGD, {"steps": 20}),
+        SuiteAttack("square", Square, {"queries": 200}),
+    ]
+    report = evaluate(healthy(), (x, y), "linf", [0.1, 0.3], suite=suite, batch_size=1000)
+    assert {c.name: c.verdict for c in report.checks} == dict.fromkeys(CHECKS, "pass"), [
+        c.explanation for c in report.checks if c.verdict != "pass"
+    ]
+    assert report.robust_accuracy[0] > 0.9 and report.robust_accuracy[1] == 0.0
