@@ -25,13 +25,14 @@ from robustkit.attacks.base import (
     count_step,
     is_success,
     keep_best,
+    normalised_start,
     while_active,
 )
 from robustkit.errors import InputError
 from robustkit.gradients import input_gradients
 from robustkit.losses import dlr_targeted, get_attack_loss
 from robustkit.models import Classifier
-from robustkit.norms import Norm, l2_distance, linf_distance
+from robustkit.norms import Norm, l2_distance
 
 MOMENTUM = 0.75  # weight of the new step; 0.25 goes to the previous move
 FIRST_CHECKPOINT = 0.22  # share of the steps before the first checkpoint
@@ -108,18 +109,6 @@ class APGD(Attack):
 
     # ---------------------------------------------------------------- one run
 
-    def _start(self, x: tf.Tensor, keys: tf.Tensor, eps: tf.Tensor, bounds) -> tf.Tensor:
-        """x + eps * t / ||t|| clipped to the bounds: t uniform in [-1, 1] (Linf, normalised
-        by its max) or standard normal (L2, on the sphere)."""
-        shape = tf.shape(x)[1:]
-        if self.norm.name == "linf":
-            t = seeding.uniform(keys, shape, -1.0, 1.0)
-            scale = linf_distance(t)
-        else:
-            t = seeding.normal(keys, shape)
-            scale = l2_distance(t)
-        return tf.clip_by_value(x + eps * t / broadcast_rows(scale + _TINY, t), *bounds)
-
     def _direction(self, gradient: tf.Tensor) -> tf.Tensor:
         if self.norm.name == "linf":
             return tf.sign(gradient)
@@ -162,7 +151,7 @@ class APGD(Attack):
             return input_gradients(classifier, x_now, stacked, loss=loss)
 
         def attack_active(state: SearchState) -> SearchState:
-            x_now = self._start(x_clean, keys_now, eps, bounds)
+            x_now = normalised_start(self.norm.name, x_clean, keys_now, eps, bounds)
             gradient, logits, loss = evaluate(x_now, labels_now, targets_now)
             success = is_success(logits, labels_now, False)
             state = keep_best(count_step(state, index), index, x_now, logits, loss, success)

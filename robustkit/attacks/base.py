@@ -129,6 +129,26 @@ def broadcast_rows(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     return tf.reshape(values, tf.concat([tf.shape(values), ones], axis=0))
 
 
+def normalised_start(
+    norm_name: str,
+    x: tf.Tensor,
+    keys: tf.Tensor,
+    radius: tf.Tensor,
+    bounds: tuple[float, float],
+) -> tf.Tensor:
+    """x + radius * t / ||t|| clipped to the bounds, with t uniform in [-1, 1] normalised by its
+    max (Linf) or standard normal (L2, a point on the sphere): the random starts of APGD and
+    FAB (Croce & Hein 2020). Row i draws from keys[i] only."""
+    shape = tf.shape(x)[1:]
+    if norm_name == "linf":
+        t = seeding.uniform(keys, shape, -1.0, 1.0)
+        scale = linf_distance(t)
+    else:
+        t = seeding.normal(keys, shape)
+        scale = l2_distance(t)
+    return tf.clip_by_value(x + radius * t / broadcast_rows(scale + 1e-12, t), *bounds)
+
+
 class Attack:
     """Base of every attack: one in-graph ``run``, one batch driver, one compiled-function cache.
 
@@ -287,8 +307,8 @@ class Attack:
         and target mode (None, "given", "least-likely", "random"); traced once, cached."""
         if target_mode is not None and not self.targetable:
             raise InputError(
-                f"{type(self).__name__} is untargeted (it succeeds when the prediction leaves "
-                "the label; APGDT and FABT pick their own target classes). Use PGD for an "
+                f"{type(self).__name__} is untargeted: it picks its own target classes (or "
+                "none) and succeeds when the prediction leaves the label. Use PGD for an "
                 "attack targeted at given classes."
             )
         functions = self._compiled.setdefault(classifier, {})

@@ -17,9 +17,9 @@ and for each restart (the first from the clean point, later ones from
    ``x_0 + beta (x - x_0)``.
 
 Success is untargeted (any misclassification) and counts only for points within ``eps`` of x,
-as AutoAttack's final check does; of those the smallest-norm one is kept. Examples broken by a
-pass or restart are not attacked by the next; with early stopping they leave as soon as they
-are broken.
+as AutoAttack's final check does. With early stopping an example leaves as soon as it is broken
+(keeping that adversarial) and later passes skip it; without, every example runs every pass
+and restart, and its smallest-norm adversarial within eps is kept.
 """
 
 from __future__ import annotations
@@ -38,17 +38,22 @@ from robustkit.attacks.base import (
     count_step,
     is_success,
     keep_best,
+    normalised_start,
     while_active,
 )
 from robustkit.errors import InputError
 from robustkit.gradients import input_gradients
 from robustkit.losses import margin
 from robustkit.models import Classifier
-from robustkit.norms import Norm, l2_distance, linf_distance
+from robustkit.norms import Norm
 
 _TINY = 1e-12  # guards divisions by a zero norm or weight
 _MIN_NORM = 1e-8  # floor of the projection norms in the bias weight (as the reference)
 _FAR = 1e30  # breakpoint of a coordinate whose weight is zero (it never binds)
+_SELF_TARGETED = (
+    "FABT picks its own target classes (the runner-ups of the clean logits) and succeeds on any "
+    "misclassification; call it untargeted with the true labels."
+)
 
 
 def _room(points: tf.Tensor, w: tf.Tensor, low: Any, high: Any) -> tf.Tensor:
@@ -156,8 +161,9 @@ class FABT(Attack):
     the clean logits in turn (AutoAttack standard: 9 targets, 1 restart, 100 steps).
 
     Success is untargeted (any misclassification) and only adversarials within ``eps`` count.
-    An example's result is its smallest-norm adversarial within eps, else (not adversarial) its
-    highest-margin point within eps seen (the clean point at worst).
+    An example's result is an adversarial within eps (the first found with early stopping, else
+    the smallest-norm one), or when none was found its highest-margin point within eps seen
+    (the clean point at worst). ``steps`` in the result counts gradient evaluations.
 
     Args:
         norm: "linf", "l2" or a :class:`~robustkit.norms.Norm` of those (then ``eps`` is None).
@@ -174,6 +180,8 @@ class FABT(Attack):
         early_stop: stop spending steps on an example once it is adversarial within eps.
         seed: seed of every random draw; the same seed gives the same bytes.
     """
+
+    targetable = False
 
     def __init__(
         self,
@@ -218,6 +226,9 @@ class FABT(Attack):
             "beta": self.beta,
         }
 
+    def budget(self, num_classes: int) -> int:
+        return self.steps * self.restarts * min(self.targets, num_classes - 1)
+
     def objective(self, logits: tf.Tensor, labels: tf.Tensor, targeted: bool) -> tf.Tensor:
         """The margin (CW) loss [N]: ranks points that are not adversarial (and judges the
         clean point). Adversarials within eps are ranked by their negated norm instead."""
@@ -225,18 +236,6 @@ class FABT(Attack):
         return margin(logits, labels)
 
     # ---------------------------------------------------------------- one FAB step
-
-    def _start(self, x: tf.Tensor, keys: tf.Tensor, eps: tf.Tensor, bounds) -> tf.Tensor:
-        """x + eps / 2 * t / ||t|| clipped to the bounds (the reference's random restart):
-        t uniform in [-1, 1] normalised by its max (Linf) or standard normal (L2)."""
-        shape = tf.shape(x)[1:]
-        if self.norm.name == "linf":
-            t = seeding.uniform(keys, shape, -1.0, 1.0)
-            scale = linf_distance(t)
-        else:
-            t = seeding.normal(keys, shape)
-            scale = l2_distance(t)
-        return tf.clip_by_value(x + 0.5 * eps * t / broadcast_rows(scale + _TINY, t), *bounds)
 
     def _step(
         self,
@@ -273,9 +272,10 @@ class FABT(Attack):
         keys: tf.Tensor,
         eps: tf.Tensor,
         state: SearchState,
-        random_start: bool,
+        random_start: tf.Tensor,
     ) -> SearchState:
-        """One FAB run towards ``targets`` [N] on the examples ``state`` has not broken."""
+        """One FAB run towards ``targets`` [N] on the examples ``state`` has not broken, from
+        the clean point or (``random_start``, a bool tensor) from a random one."""
         bounds = classifier.bounds
         index = tf.range(tf.shape(x)[0])
         if self.early_stop:
@@ -285,7 +285,11 @@ class FABT(Attack):
         )
 
         def attack_active(state: SearchState) -> SearchState:
-            x_start = self._start(x_clean, keys_now, eps, bounds) if random_start else x_clean
+            x_start = tf.cond(
+                random_start,
+                lambda: normalised_start(self.norm.name, x_clean, keys_now, 0.5 * eps, bounds),
+                lambda: x_clean,
+            )
             per_example = {
                 "index": index,
                 "x_clean": x_clean,
@@ -331,10 +335,7 @@ class FABT(Attack):
 
     def _search(self, classifier, x, labels, keys, eps, state, targeted) -> SearchState:
         if targeted:
-            raise InputError(
-                "FABT picks its own target classes (the runner-ups of the clean logits) and "
-                "succeeds on any misclassification; call it untargeted with the true labels."
-            )
+            raise InputError(_SELF_TARGETED)
         n = tf.shape(x)[0]
         clean_logits = tf.cond(
             n > 0,
@@ -348,13 +349,21 @@ class FABT(Attack):
             state = keep_best(state, tf.range(n), x, clean_logits, objective, success)
         ranked = tf.argsort(clean_logits, axis=-1, direction="DESCENDING", stable=True)
         passes = min(self.targets, classifier.num_classes - 1)
-        for t in range(passes):
-            # The (t + 2)-th most likely class of the clean image (the reference's
+
+        def condition(run: tf.Tensor, state: SearchState) -> tf.Tensor:
+            return run < passes * self.restarts
+
+        def body(run: tf.Tensor, state: SearchState) -> tuple[tf.Tensor, SearchState]:
+            # One loop over (target pass, restart) keeps the graph to one FAB run. Pass t aims
+            # at the (t + 2)-th most likely class of the clean image (the reference's
             # ``sort()[:, -target_class]``, target_class = t + 2).
-            targets = tf.cast(ranked[:, t + 1], tf.int32)
-            for restart in range(self.restarts):
-                pass_keys = seeding.fold_in(seeding.fold_in(keys, 1000 + t), restart)
-                state = self._single_run(
-                    classifier, x, labels, targets, pass_keys, eps, state, restart > 0
-                )
+            t, restart = run // self.restarts, run % self.restarts
+            targets = tf.gather(ranked, t + 1, axis=1)
+            pass_keys = seeding.fold_in(seeding.fold_in(keys, 1000 + t), restart)
+            state = self._single_run(
+                classifier, x, labels, targets, pass_keys, eps, state, restart > 0
+            )
+            return run + 1, state
+
+        _, state = while_active(condition, body, (tf.constant(0), state))
         return state
