@@ -11,6 +11,8 @@ and writes everything to ``--out`` as JSON.
         --setting examples/mnist_robust.keras linf 0.3 --count 500
 
 ``--attack square --queries 1000`` compares Square alone with the reference Square instead.
+``--reference-json FILE`` (one per setting, in order) reuses a saved reference run instead of
+running it again: accuracies compare exactly, but the time ratio then comes from two runs.
 Digits are MNIST test digits ``--first`` .. ``--first + --count - 1`` (8000.. are held out from
 the shipped models' training).
 """
@@ -129,7 +131,8 @@ def main() -> None:
     parser.add_argument(
         "--setting", nargs=3, action="append", metavar=("MODEL", "NORM", "EPS"), required=True
     )
-    parser.add_argument("--peer-python", required=True, help="python of the benchmark venv")
+    parser.add_argument("--peer-python", help="python of the benchmark venv")
+    parser.add_argument("--reference-json", action="append", help="a saved reference run")
     parser.add_argument("--mnist", default=str(HERE.parent.parent / "shared" / "data" / "mnist"))
     parser.add_argument("--first", type=int, default=8000)
     parser.add_argument("--count", type=int, default=500)
@@ -147,11 +150,12 @@ def main() -> None:
     )
     x, y = digits(args.mnist, args.first, args.count)
     rows = []
-    for model, norm, eps_text in args.setting:
+    for index, (model, norm, eps_text) in enumerate(args.setting):
         eps = float(eps_text)
         print(f"\n{model} {norm} eps {eps:g} ({args.attack})", flush=True)
         mine = ours(model, norm, eps, x, y, args)
-        theirs = reference(model, norm, eps, args)
+        saved = args.reference_json[index] if args.reference_json else None
+        theirs = json.loads(Path(saved).read_text()) if saved else reference(model, norm, eps, args)
         runs = {mine["suite"]: mine} if args.attack == "square" else mine
         for name, run in runs.items():
             rows.append({"model": model, "norm": norm, "eps": eps, **compare(name, run, theirs)})

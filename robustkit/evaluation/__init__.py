@@ -13,7 +13,7 @@ from robustkit.evaluation.report import (
     RobustnessReport,
 )
 from robustkit.evaluation.schema import REPORT_SCHEMA, validate_report
-from robustkit.evaluation.suites import SuiteAttack, quick_suite, standard_suite
+from robustkit.evaluation.suites import SuiteAttack, plus_suite, quick_suite, standard_suite
 
 __all__ = [
     "CHECKS",
@@ -27,6 +27,7 @@ __all__ = [
     "RobustnessReport",
     "SuiteAttack",
     "evaluate",
+    "plus_suite",
     "quick_suite",
     "report_markdown",
     "robustness_curve",

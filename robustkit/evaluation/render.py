@@ -128,8 +128,10 @@ def report_markdown(report: RobustnessReport) -> str:
         "budget on every correctly classified example would cost.",
         "",
         f"Verification: {check['rechecked']} adversarials re-classified by a fresh forward pass, "
-        f"{check['disagreements']} disagreed; {check['outside_ball']} rejected for leaving the "
-        "ball or the bounds.",
+        f"{check['disagreements']} disagreed (and did not count); {check['outside_ball']} "
+        "rejected for leaving the ball or the bounds. The worst case also counts "
+        f"{check.get('broken_by_checks', 0)} example-eps pair(s) only a sanity check's attack "
+        "broke, and examples broken at a smaller eps as broken at every larger one.",
         "",
     ]
     return "\n".join(lines)
