@@ -169,9 +169,7 @@ def print_summary(console: Console, report: RobustnessReport, out: Path) -> None
     required=True,
     help="Comma-separated radii in [0, 1] pixel units, e.g. 0.1,0.2,0.3 or 2/255,8/255.",
 )
-@click.option(
-    "--suite", type=click.Choice(list(SUITES)), default="standard", show_default=True
-)
+@click.option("--suite", type=click.Choice(list(SUITES)), default="standard", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
 @click.option(
     "--checks",

@@ -103,9 +103,10 @@ def test_apgd_beats_fixed_step_pgd_and_apgdt_targets_the_runner_up() -> None:
     assert apgd.success.sum() >= pgd.success.sum()
     targeted = APGDT("linf", eps, steps=20, targets=4)(classifier, x, y)
     assert np.all(targeted.adv_pred[targeted.success] != y[targeted.success])
-    assert targeted.success.sum() >= APGDT("linf", eps, steps=20, targets=1)(
-        classifier, x, y
-    ).success.sum()
+    assert (
+        targeted.success.sum()
+        >= APGDT("linf", eps, steps=20, targets=1)(classifier, x, y).success.sum()
+    )
 
 
 @pytest.mark.parametrize(

@@ -205,9 +205,7 @@ def test_streamed_batches_with_first_index_match_one_call() -> None:
     x = RNG.random((9, 8, 8, 1), dtype=np.float32)
     attack = PGD("linf", 0.1, steps=2, seed=4, early_stop=False)
     whole = attack(classifier, x, batch_size=3)
-    streamed = [
-        attack(classifier, x[i : i + 3], batch_size=3, first_index=i) for i in (0, 3, 6)
-    ]
+    streamed = [attack(classifier, x[i : i + 3], batch_size=3, first_index=i) for i in (0, 3, 6)]
     joined = np.concatenate([part.x_adv for part in streamed])
     assert joined.tobytes() == whole.x_adv.tobytes()
     assert streamed[0].x_adv.tobytes() != attack(classifier, x[3:6], batch_size=3).x_adv.tobytes()
