@@ -167,7 +167,8 @@ class APGD(Attack):
                 "x_best": x_now,
                 "gradient_best": gradient,
                 "loss_best": loss,
-                "loss_prev": loss,
+                # The reference compares the first iterate's loss with an unset (zero) entry.
+                "loss_prev": tf.zeros_like(loss),
                 "step": tf.fill([m], 2.0) * eps,
                 "increases": tf.zeros([m], tf.int32),
                 "best_at_check": loss,
