@@ -264,10 +264,20 @@ class APGD(Attack):
                 f"{type(self).__name__} is untargeted (it succeeds when the prediction leaves "
                 "the label); use APGDT for targeted DLR, or PGD for a targeted attack."
             )
-        for restart in range(self.restarts):
-            state = self._single_run(
-                classifier, x, labels, None, seeding.fold_in(keys, restart), eps, state
+
+        def one_run(restart: tf.Tensor, state: SearchState) -> tuple[tf.Tensor, SearchState]:
+            restart_keys = seeding.fold_in(keys, restart)
+            return restart + 1, self._single_run(
+                classifier, x, labels, None, restart_keys, eps, state
             )
+
+        # one in-graph loop over restarts: the run is traced once, however many there are
+        _, state = tf.while_loop(
+            lambda restart, state: restart < self.restarts,
+            one_run,
+            (tf.constant(0), state),
+            parallel_iterations=1,
+        )
         return state
 
 
@@ -307,23 +317,27 @@ class APGDT(APGD):
     def budget(self, num_classes: int) -> int:
         return super().budget(num_classes) * min(self.targets, num_classes - 1)
 
-    def objective(self, logits: tf.Tensor, labels: tf.Tensor, targeted: bool) -> tf.Tensor:
-        # The clean judgment has no target yet: the untargeted DLR ranks it.
-        return super().objective(logits, labels, targeted)
-
     def _search(self, classifier, x, labels, keys, eps, state, targeted) -> SearchState:
         if targeted:
             raise InputError(
                 "APGDT picks its own target classes and succeeds on any misclassification; "
                 "call it untargeted with the true labels."
             )
-        passes = min(self.targets, classifier.num_classes - 1)
-        ranked = tf.argsort(classifier.logits(x), axis=-1, direction="DESCENDING")
-        for t in range(passes):
-            # The (t + 2)-th most likely class of the clean image (the reference's
-            # ``sort()[:, -target_class]``, target_class = t + 2).
-            targets = tf.cast(ranked[:, t + 1], tf.int32)
-            for restart in range(self.restarts):
-                pass_keys = seeding.fold_in(seeding.fold_in(keys, 1000 + t), restart)
-                state = self._single_run(classifier, x, labels, targets, pass_keys, eps, state)
+        runs = min(self.targets, classifier.num_classes - 1) * self.restarts
+        ranked = tf.cast(
+            tf.argsort(classifier.logits(x), axis=-1, direction="DESCENDING"), tf.int32
+        )
+
+        def one_run(run: tf.Tensor, state: SearchState) -> tuple[tf.Tensor, SearchState]:
+            # Target pass t aims at the (t + 2)-th most likely class of the clean image (the
+            # reference's ``sort()[:, -target_class]``, target_class = t + 2). One in-graph loop
+            # over passes and restarts: the run is traced once, not once per target.
+            t, restart = run // self.restarts, run % self.restarts
+            targets = tf.gather(ranked, t + 1, axis=1)
+            pass_keys = seeding.fold_in(seeding.fold_in(keys, 1000 + t), restart)
+            return run + 1, self._single_run(classifier, x, labels, targets, pass_keys, eps, state)
+
+        _, state = tf.while_loop(
+            lambda run, state: run < runs, one_run, (tf.constant(0), state), parallel_iterations=1
+        )
         return state
