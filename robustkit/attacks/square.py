@@ -458,7 +458,18 @@ class Square(Attack):
         if len(x.shape) != 4 or any(d is None for d in x.shape[1:]):
             raise InputError(f"Square needs images [N, H, W, C] of known size, got {x.shape}.")
         eps = tf.cast(eps, tf.float32)
-        for restart in range(self.restarts):
+
+        def one_run(restart: tf.Tensor, state: SearchState) -> tuple[tf.Tensor, SearchState]:
             restart_keys = seeding.fold_in(keys, restart)
-            state = self._single_run(classifier, x, labels, restart_keys, eps, state, targeted)
+            return restart + 1, self._single_run(
+                classifier, x, labels, restart_keys, eps, state, targeted
+            )
+
+        # one in-graph loop over restarts: the search is traced once, however many there are
+        _, state = tf.while_loop(
+            lambda restart, state: restart < self.restarts,
+            one_run,
+            (tf.constant(0), state),
+            parallel_iterations=1,
+        )
         return state
