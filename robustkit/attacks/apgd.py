@@ -23,6 +23,7 @@ from robustkit.attacks.base import (
     broadcast_rows,
     compact,
     count_step,
+    for_each_run,
     is_success,
     keep_best,
     normalised_start,
@@ -265,20 +266,11 @@ class APGD(Attack):
                 "the label); use APGDT for targeted DLR, or PGD for a targeted attack."
             )
 
-        def one_run(restart: tf.Tensor, state: SearchState) -> tuple[tf.Tensor, SearchState]:
+        def one_run(restart: tf.Tensor, state: SearchState) -> SearchState:
             restart_keys = seeding.fold_in(keys, restart)
-            return restart + 1, self._single_run(
-                classifier, x, labels, None, restart_keys, eps, state
-            )
+            return self._single_run(classifier, x, labels, None, restart_keys, eps, state)
 
-        # one in-graph loop over restarts: the run is traced once, however many there are
-        _, state = tf.while_loop(
-            lambda restart, state: restart < self.restarts,
-            one_run,
-            (tf.constant(0), state),
-            parallel_iterations=1,
-        )
-        return state
+        return for_each_run(self.restarts, one_run, state)
 
 
 class APGDT(APGD):
@@ -328,16 +320,13 @@ class APGDT(APGD):
             tf.argsort(classifier.logits(x), axis=-1, direction="DESCENDING"), tf.int32
         )
 
-        def one_run(run: tf.Tensor, state: SearchState) -> tuple[tf.Tensor, SearchState]:
+        def one_run(run: tf.Tensor, state: SearchState) -> SearchState:
             # Target pass t aims at the (t + 2)-th most likely class of the clean image (the
             # reference's ``sort()[:, -target_class]``, target_class = t + 2). One in-graph loop
-            # over passes and restarts: the run is traced once, not once per target.
+            # over passes and restarts (for_each_run).
             t, restart = run // self.restarts, run % self.restarts
             targets = tf.gather(ranked, t + 1, axis=1)
             pass_keys = seeding.fold_in(seeding.fold_in(keys, 1000 + t), restart)
-            return run + 1, self._single_run(classifier, x, labels, targets, pass_keys, eps, state)
+            return self._single_run(classifier, x, labels, targets, pass_keys, eps, state)
 
-        _, state = tf.while_loop(
-            lambda run, state: run < runs, one_run, (tf.constant(0), state), parallel_iterations=1
-        )
-        return state
+        return for_each_run(runs, one_run, state)

@@ -17,6 +17,7 @@ rule (:meth:`Attack._search`). The core gives each of them the same contract:
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -121,6 +122,20 @@ def while_active(condition: Any, body: Any, loop_vars: Any) -> Any:
         shape_invariants=batch_invariants(loop_vars),
         parallel_iterations=1,  # iterations are sequential; overlap only contends for cores
     )
+
+
+def for_each_run(
+    runs: int, run: Callable[[tf.Tensor, SearchState], SearchState], state: SearchState
+) -> SearchState:
+    """``state`` after ``run(r, state)`` for r = 0 .. runs - 1 (restarts, target passes), as one
+    in-graph loop: the run is traced once however many there are."""
+    _, state = tf.while_loop(
+        lambda r, state: r < runs,
+        lambda r, state: (r + 1, run(r, state)),
+        (tf.constant(0), state),
+        parallel_iterations=1,
+    )
+    return state
 
 
 def broadcast_rows(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:

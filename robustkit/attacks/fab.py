@@ -36,6 +36,7 @@ from robustkit.attacks.base import (
     broadcast_rows,
     compact,
     count_step,
+    for_each_run,
     is_success,
     keep_best,
     normalised_start,
@@ -350,20 +351,15 @@ class FABT(Attack):
         ranked = tf.argsort(clean_logits, axis=-1, direction="DESCENDING", stable=True)
         passes = min(self.targets, classifier.num_classes - 1)
 
-        def condition(run: tf.Tensor, state: SearchState) -> tf.Tensor:
-            return run < passes * self.restarts
-
-        def body(run: tf.Tensor, state: SearchState) -> tuple[tf.Tensor, SearchState]:
+        def one_run(run: tf.Tensor, state: SearchState) -> SearchState:
             # One loop over (target pass, restart) keeps the graph to one FAB run. Pass t aims
             # at the (t + 2)-th most likely class of the clean image (the reference's
             # ``sort()[:, -target_class]``, target_class = t + 2).
             t, restart = run // self.restarts, run % self.restarts
             targets = tf.gather(ranked, t + 1, axis=1)
             pass_keys = seeding.fold_in(seeding.fold_in(keys, 1000 + t), restart)
-            state = self._single_run(
+            return self._single_run(
                 classifier, x, labels, targets, pass_keys, eps, state, restart > 0
             )
-            return run + 1, state
 
-        _, state = while_active(condition, body, (tf.constant(0), state))
-        return state
+        return for_each_run(passes * self.restarts, one_run, state)

@@ -35,6 +35,7 @@ from robustkit.attacks.base import (
     broadcast_rows,
     compact,
     count_step,
+    for_each_run,
     is_success,
     keep_best,
     while_active,
@@ -459,17 +460,8 @@ class Square(Attack):
             raise InputError(f"Square needs images [N, H, W, C] of known size, got {x.shape}.")
         eps = tf.cast(eps, tf.float32)
 
-        def one_run(restart: tf.Tensor, state: SearchState) -> tuple[tf.Tensor, SearchState]:
+        def one_run(restart: tf.Tensor, state: SearchState) -> SearchState:
             restart_keys = seeding.fold_in(keys, restart)
-            return restart + 1, self._single_run(
-                classifier, x, labels, restart_keys, eps, state, targeted
-            )
+            return self._single_run(classifier, x, labels, restart_keys, eps, state, targeted)
 
-        # one in-graph loop over restarts: the search is traced once, however many there are
-        _, state = tf.while_loop(
-            lambda restart, state: restart < self.restarts,
-            one_run,
-            (tf.constant(0), state),
-            parallel_iterations=1,
-        )
-        return state
+        return for_each_run(self.restarts, one_run, state)
