@@ -27,3 +27,17 @@ def small_cnn(
         keras.layers.Dense(classes, activation=head),
     ]
     return keras.Sequential(layers)
+
+
+def stacked_conv_model() -> keras.Model:
+    """Two stacked 3x3 convolutions on 8x8x1 and a 3-class head: its kernels reject an empty
+    batch, so it catches any forward pass an early-stopping attack runs on no examples."""
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )

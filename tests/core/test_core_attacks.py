@@ -1,10 +1,9 @@
 """FGSM and PGD: closed-form worst cases, invariants, determinism, early stopping, 8-bit grid."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from core_helpers import linear_model, small_cnn
+from core_helpers import linear_model, small_cnn, stacked_conv_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -182,16 +181,7 @@ def test_attack_runs_inside_a_users_tf_function() -> None:
 
 def test_batch_where_every_example_breaks_early_skips_empty_forward_passes() -> None:
     """Two stacked convolutions reject an empty batch; early stopping must never run one."""
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(3),
-        ]
-    )
-    classifier = Classifier(model)
+    classifier = Classifier(stacked_conv_model())
     x = RNG.random((6, 8, 8, 1), dtype=np.float32)
     wrong_labels = (classifier.predict_logits(x).argmax(1) + 1) % 3  # all adversarial at once
     result = PGD("linf", 0.1, steps=5, restarts=2, random_start=False)(classifier, x, wrong_labels)

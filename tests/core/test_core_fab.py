@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from core_helpers import linear_model, small_cnn
+from core_helpers import linear_model, small_cnn, stacked_conv_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -270,16 +270,7 @@ def test_budget_early_stopping_one_compiled_function_for_every_eps() -> None:
 
 def test_examples_adversarial_at_the_clean_point_never_cost_an_empty_forward_pass() -> None:
     """Two stacked convolutions reject an empty batch; FAB-T must never run one."""
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(3),
-        ]
-    )
-    classifier = Classifier(model)
+    classifier = Classifier(stacked_conv_model())
     x = RNG.random((5, 8, 8, 1), dtype=np.float32)
     wrong = (classifier.predict_logits(x).argmax(1) + 1) % 3
     result = FABT("linf", 0.1, steps=3, restarts=2)(classifier, x, wrong)
