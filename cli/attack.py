@@ -10,7 +10,7 @@ import click
 import numpy as np
 import tensorflow as tf
 
-from robustkit.attacks import FGSM, PGD, AttackResult
+from robustkit.attacks import FGSM, PGD, AttackResult, is_robust
 from robustkit.io import (
     ImageBatch,
     ImageFolder,
@@ -214,7 +214,12 @@ def summarize(rows: list[dict[str, Any]], label_source: str) -> dict[str, Any]:
         "clean_accuracy": share([row["clean_pred"] == row["label"] for row in attacked])
         if has_labels
         else None,
-        "robust_accuracy": share([row["adv_pred"] == row["label"] for row in attacked])
+        "robust_accuracy": share(
+            [
+                bool(is_robust(row["clean_pred"] == row["label"], row["adv_pred"] != row["label"]))
+                for row in attacked
+            ]
+        )
         if has_labels
         else None,
         "attack_success_rate": share(success),

@@ -5,7 +5,7 @@ from robustkit.attacks.apgd import APGD, APGDT
 from robustkit.attacks.base import Attack, AttackTensors, SearchState
 from robustkit.attacks.fab import FABT
 from robustkit.attacks.pgd import FGSM, PGD
-from robustkit.attacks.result import AttackResult
+from robustkit.attacks.result import AttackResult, is_robust
 from robustkit.attacks.square import Square
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "AttackTensors",
     "SearchState",
     "Square",
+    "is_robust",
 ]

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+ArrayOrTensor = TypeVar("ArrayOrTensor")
+
+
+def is_robust(clean_correct: ArrayOrTensor, broken: ArrayOrTensor) -> ArrayOrTensor:
+    """The one robust-accuracy rule: bool [N], clean-correct and no adversarial found.
+
+    Works on NumPy arrays and on bool tensors inside a compiled graph alike.
+    """
+    return clean_correct & ~broken
 
 
 @dataclass
@@ -55,8 +65,12 @@ class AttackResult:
 
     @property
     def robust_accuracy(self) -> float:
-        """Share of examples correctly classified after the attack."""
-        return float(np.mean(self.adv_pred == self.labels)) if len(self.labels) else 0.0
+        """Share of examples robust to the attack (:func:`is_robust`): clean-correct and
+        still correctly classified after it."""
+        if not len(self.labels):
+            return 0.0
+        robust = is_robust(self.clean_pred == self.labels, self.adv_pred != self.labels)
+        return float(np.mean(robust))
 
     @property
     def success_rate(self) -> float:

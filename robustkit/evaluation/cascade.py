@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from robustkit.attacks import is_robust
 from robustkit.evaluation.engine import Executor
 from robustkit.evaluation.report import AttackOutcome
 from robustkit.evaluation.suites import SuiteAttack
@@ -177,7 +178,8 @@ def run_cascade(
             linf[rows], l2[rows] = d_linf[keep], d_l2[keep]
             if x_adv is not None:
                 x_adv[rows] = out.x_adv[keep]
-        still_robust = broken_by == UNBROKEN if cascade else correct & ~broken[a]
+        found = broken_by != UNBROKEN if cascade else broken[a]
+        still_robust = is_robust(correct, found)
         budget = attack.budget(classifier.num_classes) * int(correct.sum()) * len(passes)
         outcomes.append(
             AttackOutcome(
@@ -194,7 +196,7 @@ def run_cascade(
             )
         )
     return CascadeResult(
-        robust=broken_by == UNBROKEN,
+        robust=is_robust(correct, broken_by != UNBROKEN),
         broken_by=broken_by,
         adversarial_pred=adversarial_pred,
         adversarial_margin=adversarial_margin,

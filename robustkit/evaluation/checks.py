@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from robustkit.attacks import APGD
+from robustkit.attacks import APGD, is_robust
 from robustkit.errors import InputError
 from robustkit.evaluation.cascade import BY_CHECK, CascadeResult, run_cascade, within_ball
 from robustkit.evaluation.engine import AttackOutput, Executor, keys_for
@@ -385,8 +385,8 @@ def check_single_step(context: CheckContext) -> CheckResult:
         context.record_adversarials(e, everything, fgsm_broken)
         iterative_broken = context.records.broken[gradient, e].any(axis=0)
         missed = int(np.sum(fgsm_broken & context.records.robust[e]))
-        fgsm_accuracy = float(np.mean(context.correct & ~fgsm_broken))
-        iterative_accuracy = float(np.mean(context.correct & ~iterative_broken))
+        fgsm_accuracy = float(np.mean(is_robust(context.correct, fgsm_broken)))
+        iterative_accuracy = float(np.mean(is_robust(context.correct, iterative_broken)))
         if missed or fgsm_accuracy < iterative_accuracy:
             verdicts.append("fail")
         elif fgsm_broken.any() and fgsm_accuracy == iterative_accuracy and fgsm_accuracy > 0:
@@ -444,9 +444,11 @@ def check_monotonicity(context: CheckContext) -> CheckResult:
     for a, spec in enumerate(context.suite):
         # what is left after this attack and those before it (both modes), and in independent
         # mode also this attack's own accuracy
-        lines[f"after {spec.name}"] = (context.correct & ~records.broken[: a + 1].any(0)).mean(1)
+        lines[f"after {spec.name}"] = is_robust(
+            context.correct, records.broken[: a + 1].any(0)
+        ).mean(1)
         if not context.cascade:
-            lines[spec.name] = (context.correct & ~records.broken[a]).mean(axis=1)
+            lines[spec.name] = is_robust(context.correct, records.broken[a]).mean(axis=1)
     rises = [
         {
             "line": name,

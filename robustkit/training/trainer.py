@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from robustkit.attacks import PGD
+from robustkit.attacks import PGD, is_robust
 from robustkit.attacks.base import require_gradient_attack
 from robustkit.errors import InputError, OutputExistsError, RobustkitError
 from robustkit.losses import cross_entropy
@@ -287,9 +287,8 @@ class AdversarialTrainer:
                 "clean_loss": tf.reduce_sum(cross_entropy(clean_logits, y)),
                 "clean_correct": tf.reduce_sum(tf.cast(clean_correct, tf.float32)),
                 "adv_loss": tf.reduce_sum(cross_entropy(adv_logits, y)),
-                # Robust: right on the clean image (inside the ball) and on the attacked one.
                 "adv_correct": tf.reduce_sum(
-                    tf.cast(clean_correct & _predicts(adv_logits, y), tf.float32)
+                    tf.cast(is_robust(clean_correct, ~_predicts(adv_logits, y)), tf.float32)
                 ),
             }
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robustkit import InputError
-from robustkit.attacks import FGSM, PGD
+from robustkit.attacks import FGSM, PGD, AttackResult, is_robust
 from robustkit.models import Classifier
 
 RNG = np.random.default_rng(2)
@@ -199,3 +199,30 @@ def test_streamed_batches_with_first_index_match_one_call() -> None:
     joined = np.concatenate([part.x_adv for part in streamed])
     assert joined.tobytes() == whole.x_adv.tobytes()
     assert streamed[0].x_adv.tobytes() != attack(classifier, x[3:6], batch_size=3).x_adv.tobytes()
+
+
+def test_robust_accuracy_counts_clean_errors_as_not_robust() -> None:
+    """One rule (is_robust): an example misclassified clean is not robust even when the
+    attacked image happens to be classified correctly (a targeted attack can do that)."""
+    labels = np.array([0, 1, 2, 3])
+    clean_pred = np.array([0, 1, 0, 3])  # example 2 is wrong before any attack
+    adv_pred = np.array([0, 2, 2, 1])  # example 2 is right after it, 1 and 3 broken
+    result = AttackResult(
+        x_adv=np.zeros((4, 1, 1, 1), np.float32),
+        success=adv_pred != labels,
+        labels=labels,
+        target=None,
+        clean_pred=clean_pred,
+        adv_pred=adv_pred,
+        clean_confidence=np.ones(4),
+        adv_confidence=np.ones(4),
+        linf=np.zeros(4),
+        l2=np.zeros(4),
+        steps=np.zeros(4, np.int64),
+    )
+    assert result.robust_accuracy == 0.25
+    np.testing.assert_array_equal(
+        is_robust(clean_pred == labels, adv_pred != labels), [True, False, False, False]
+    )
+    in_graph = is_robust(tf.constant([True, True, False]), tf.constant([False, True, False]))
+    np.testing.assert_array_equal(in_graph.numpy(), [True, False, False])
