@@ -8,6 +8,7 @@ results stay differentiable (second order, e.g. the gradient of ||∇x L||² w.r
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -91,25 +92,37 @@ class ActivationGradients(NamedTuple):
     loss: tf.Tensor
 
 
+_LAYER_PATCH_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _watch_layer_output(
     layer: keras.layers.Layer, tape: tf.GradientTape, outputs: list[tf.Tensor]
 ) -> Iterator[None]:
-    """While open, each call of ``layer`` appends its output to ``outputs`` and the tape watches
-    it. The layer's own ``call`` is restored on exit, so the model is left as it was."""
-    original_call = layer.call
+    """While open, each call of ``layer`` from this thread appends its output to ``outputs`` and
+    the tape watches it; calls from other threads pass straight through, and one patch at a time
+    is in place (a lock), so the model stays usable from other threads. The layer's own
+    ``call`` is restored on exit, so the model is left as it was."""
+    with _LAYER_PATCH_LOCK:
+        owner = threading.get_ident()
+        patched_before = "call" in vars(layer)
+        original_call = layer.call
 
-    def watched_call(*args: Any, **kwargs: Any) -> Any:
-        output = original_call(*args, **kwargs)
-        tape.watch(output)
-        outputs.append(output)
-        return output
+        def watched_call(*args: Any, **kwargs: Any) -> Any:
+            output = original_call(*args, **kwargs)
+            if threading.get_ident() == owner:
+                tape.watch(output)
+                outputs.append(output)
+            return output
 
-    layer.call = watched_call
-    try:
-        yield
-    finally:
-        del layer.call
+        layer.call = watched_call
+        try:
+            yield
+        finally:
+            if patched_before:
+                layer.call = original_call
+            else:
+                del layer.call
 
 
 def activation_gradients(

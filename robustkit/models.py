@@ -135,6 +135,7 @@ class Classifier:
         output: ``"auto"`` detects softmax heads; ``"logits"`` trusts the output;
             ``"probabilities"`` declares a probability output whose logits cannot be recovered
             (log-probabilities are used, with a warning: they saturate and can mask gradients).
+            Kept as the attribute ``output``.
 
     Attributes:
         logits_source: where the logits come from, in words.
@@ -160,6 +161,7 @@ class Classifier:
         if output not in OUTPUT_KINDS:
             raise InputError(f"output must be one of {OUTPUT_KINDS}, got {output!r}.")
         self.model = model
+        self.output = output
         self.bounds = (low, high)
         self.preprocessing = preprocessing or Preprocessing()
         self.input_shape = self._resolve_input_shape(model, input_shape)
@@ -233,6 +235,18 @@ class Classifier:
                 f"The model must output [batch, classes]; it gave shape {tuple(outputs.shape)}."
             )
         return outputs.numpy()
+
+    def with_model(self, model: Any) -> Classifier:
+        """A Classifier around another model (e.g. a copy) with this one's bounds,
+        preprocessing, input shape, class count and output kind."""
+        return Classifier(
+            model,
+            bounds=self.bounds,
+            preprocessing=self.preprocessing,
+            input_shape=self.input_shape,
+            num_classes=self.num_classes,
+            output="probabilities" if self.uses_log_probabilities else self.output,
+        )
 
     @property
     def trainable_variables(self) -> list[tf.Variable]:

@@ -131,6 +131,21 @@ def _randomize(variable: Any, rng: np.random.Generator) -> None:
     variable.assign((spread * draws).astype(current.dtype))
 
 
+def _model_copy(model: keras.Model) -> keras.Model:
+    """A copy of the model with the same weights, to randomize without touching the original."""
+    try:
+        copy = keras.models.clone_model(model)
+    except Exception as error:  # Keras raises several types for models it cannot rebuild
+        raise InputError(
+            f"The randomization check randomizes a copy of model {model.name!r}, so other "
+            f"threads can keep using it, but Keras cannot copy it ({error}). Give the model "
+            "get_config/from_config, or pass in_place=True if nothing else uses the model "
+            "during the check."
+        ) from error
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def randomization_check(
     classifier: Classifier,
     x: Any,
@@ -139,6 +154,7 @@ def randomization_check(
     *,
     absolute: bool = True,
     seed: int = 0,
+    in_place: bool = False,
     **method_options: Any,
 ) -> RandomizationResult:
     """Cascading model-parameter randomization test (Adebayo et al. 2018).
@@ -146,29 +162,32 @@ def randomization_check(
     The layers with weights are randomized one after another from the output down (each step
     keeps the earlier randomizations); after each step the maps of the same images for the same
     target classes are compared with the original maps by Spearman rank correlation, on the
-    channel-summed magnitudes (``absolute``) or signed sums. The model's weights are restored
-    afterwards, also on error. Randomizing in place keeps the compiled method, so each step
-    costs one attribution run and no retracing.
+    channel-summed magnitudes (``absolute``) or signed sums. Randomizing the variables in place
+    keeps the compiled method, so each step costs one attribution run and no retracing.
 
     Args:
         method: a name from :data:`~robustkit.saliency.methods.METHODS` (or an alias) or a
             callable ``(classifier, x, target, **options) -> Attribution``.
         target: as for the methods; resolved once on the original model and kept fixed.
         seed: seed of the random weights.
+        in_place: randomize the model's own weights (restored afterwards, also on error)
+            instead of a copy's. Only for models Keras cannot copy, and only when no other
+            thread uses the model during the check: it would see random weights.
         method_options: passed to the method (e.g. steps=, internal_batch_size=).
     """
     attribute = get_method(method)
     model = classifier.model
     if not isinstance(model, keras.Model):
         raise InputError("The randomization check needs a Keras model inside the Classifier.")
-    layers = _weighted_layers(model)
-    if not layers:
+    if not _weighted_layers(model):
         raise InputError(f"Model {model.name!r} has no trainable weights to randomize.")
     reduction = "abs-sum" if absolute else "sum"
     original = attribute(classifier, x, target, **method_options)
     reference = reduce_channels(original.maps, reduction)
+    randomized = classifier if in_place else classifier.with_model(_model_copy(model))
+    layers = _weighted_layers(randomized.model)
     variables = [v for layer in layers for v in layer.trainable_weights]
-    saved = [v.numpy().copy() for v in variables]
+    saved = [v.numpy().copy() for v in variables] if in_place else None
     rng = np.random.default_rng(seed)
     correlations = []
     try:
@@ -176,12 +195,13 @@ def randomization_check(
             for variable in layer.trainable_weights:
                 _randomize(variable, rng)
             maps = reduce_channels(
-                attribute(classifier, x, original.target, **method_options).maps, reduction
+                attribute(randomized, x, original.target, **method_options).maps, reduction
             )
             correlations.append([spearman(a, b) for a, b in zip(reference, maps, strict=True)])
     finally:
-        for variable, values in zip(variables, saved, strict=True):
-            variable.assign(values)
+        if saved is not None:  # in place: give the model its own weights back
+            for variable, values in zip(variables, saved, strict=True):
+                variable.assign(values)
     return RandomizationResult(
         layers=[layer.name for layer in layers],
         correlations=np.array(correlations, dtype=np.float64),

@@ -1,6 +1,8 @@
 """Sanity checks: Spearman with ties, the cascading randomization test on a trained model,
 deletion/insertion curves against a direct computation."""
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -98,6 +100,54 @@ def test_randomization_restores_the_weights_when_the_method_fails(corner_cnn: Cl
 
     with pytest.raises(RuntimeError):
         randomization_check(corner_cnn, x, failing_method)
+    for saved, variable in zip(before, corner_cnn.model.weights, strict=True):
+        np.testing.assert_array_equal(saved, variable.numpy())
+
+
+def test_randomization_leaves_the_model_untouched_for_other_threads(
+    corner_cnn: Classifier,
+) -> None:
+    """The check randomizes a copy: while it runs, another thread predicting with the model
+    gets exactly the original logits, and the copy gives the same correlations as randomizing
+    the model in place with the same seed."""
+    x, _ = corner_images(6, seed=4)
+    original_logits = corner_cnn.model.predict(x, verbose=0)
+    seen_by_other_thread = []
+
+    def watching_method(classifier, images, target, **options):
+        worker = threading.Thread(
+            target=lambda: seen_by_other_thread.append(corner_cnn.model.predict(x, verbose=0))
+        )
+        worker.start()
+        worker.join()
+        return gradient(classifier, images, target)
+
+    on_copy = randomization_check(corner_cnn, x, watching_method, seed=1)
+    assert len(seen_by_other_thread) == 4  # the original maps and one per randomized layer
+    for logits in seen_by_other_thread:
+        np.testing.assert_array_equal(logits, original_logits)
+    in_place = randomization_check(corner_cnn, x, "gradient", seed=1, in_place=True)
+    np.testing.assert_array_equal(on_copy.correlations, in_place.correlations)
+    assert on_copy.layers == in_place.layers
+    np.testing.assert_array_equal(corner_cnn.model.predict(x, verbose=0), original_logits)
+
+
+def test_in_place_randomization_restores_the_weights_when_the_method_fails(
+    corner_cnn: Classifier,
+) -> None:
+    x, _ = corner_images(4, seed=3)
+    before = [v.numpy().copy() for v in corner_cnn.model.weights]
+    calls = []
+
+    def failing_method(classifier, images, target, **options):
+        calls.append(1)
+        if len(calls) == 2:
+            assert classifier is corner_cnn  # in place: the model's own weights are random
+            raise RuntimeError("boom")
+        return gradient(classifier, images, target)
+
+    with pytest.raises(RuntimeError):
+        randomization_check(corner_cnn, x, failing_method, in_place=True)
     for saved, variable in zip(before, corner_cnn.model.weights, strict=True):
         np.testing.assert_array_equal(saved, variable.numpy())
 

@@ -1,6 +1,8 @@
 """Grad-CAM: closed form on a hand-built model in every model structure, localisation on a
 trained model, layer lookup."""
 
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import tensorflow as tf
 from sal_helpers import CORNER, corner_images, trained_corner_cnn
 
 from robustkit.errors import InputError
-from robustkit.gradients import activation_gradients
+from robustkit.gradients import _watch_layer_output, activation_gradients
 from robustkit.models import Classifier
 from robustkit.saliency import find_layer, grad_cam
 
@@ -81,6 +83,31 @@ def test_activation_gradients_are_the_dense_weights_through_any_nesting() -> Non
         expected = DENSE.T[[0, 1, 2, 1]].reshape(4, 6, 6, 1)
         np.testing.assert_allclose(result.gradient.numpy(), expected, atol=1e-6)
         assert "call" not in vars(layer)  # the layer's own call is back in place
+
+
+def test_the_watched_layer_ignores_other_threads_and_is_restored() -> None:
+    """While activation gradients watch a layer, calls of the model from another thread run
+    unwatched and unrecorded with the ordinary outputs; a call the user had patched on the
+    layer before is put back afterwards."""
+    model = nested_model()
+    layer = find_layer(Classifier(model), "features")
+    expected = model(X).numpy()
+    outputs: list[tf.Tensor] = []
+    seen_by_other_thread = []
+    with tf.GradientTape() as tape, _watch_layer_output(layer, tape, outputs):
+        worker = threading.Thread(target=lambda: seen_by_other_thread.append(model(X).numpy()))
+        worker.start()
+        worker.join()
+        assert outputs == []
+        model(X)
+        assert len(outputs) == 1
+    np.testing.assert_array_equal(seen_by_other_thread[0], expected)
+    assert "call" not in vars(layer)
+    users_call = layer.call
+    layer.call = users_call  # now an instance attribute, as a user's own patch would be
+    with tf.GradientTape() as tape, _watch_layer_output(layer, tape, []):
+        assert vars(layer)["call"] is not users_call
+    assert vars(layer)["call"] is users_call
 
 
 def test_grad_cam_localises_the_corner_that_decides_the_class() -> None:
