@@ -17,8 +17,8 @@ from typing import Any
 import tensorflow as tf
 
 from robustkit import seeding
-from robustkit.attacks.base import (
-    Attack,
+from robustkit.attacks.base import Attack
+from robustkit.attacks.search import (
     SearchState,
     broadcast_rows,
     compact,

@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 
 from robustkit import seeding
-from robustkit.attacks.base import (
-    Attack,
+from robustkit.attacks.base import Attack
+from robustkit.attacks.search import (
     SearchState,
     broadcast_rows,
     compact,

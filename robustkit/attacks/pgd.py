@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from robustkit.attacks.base import (
-    Attack,
+from robustkit.attacks.base import Attack
+from robustkit.attacks.search import (
     AttackTensors,
     SearchState,
     compact,

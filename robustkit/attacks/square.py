@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from robustkit import seeding
-from robustkit.attacks.base import (
-    Attack,
+from robustkit.attacks.base import Attack
+from robustkit.attacks.search import (
     SearchState,
     broadcast_rows,
     compact,
@@ -40,6 +40,14 @@ from robustkit.attacks.base import (
     keep_best,
     while_active,
 )
+from robustkit.attacks.square_windows import (
+    TINY,
+    image_norms,
+    l2_window_update,
+    place_pattern,
+    pseudo_gaussian_window,
+    square_mask,
+)
 from robustkit.errors import InputError
 from robustkit.losses import LossFunction, get_attack_loss
 from robustkit.models import Classifier
@@ -48,7 +56,6 @@ from robustkit.norms import Norm
 # Progress points (in 1/10000 of the query budget) after which p halves (paper, Appendix A).
 HALVING_POINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 SAME_PIXEL = 1e-7  # the reference's tolerance for "the clipped window did not change"
-_TINY = 1e-12
 _MAX_CODED_CHANNELS = 16  # sign patterns are numbered 0 .. 2**channels - 1 up to this many
 
 
@@ -57,108 +64,6 @@ def p_selection(p_init: float, query: int, queries: int) -> float:
     piecewise-constant schedule, rescaled to the budget as ``int(query / queries * 10000)``)."""
     progress = int(query / queries * 10000)
     return p_init / 2 ** sum(progress > point for point in HALVING_POINTS)
-
-
-# ------------------------------------------------------------------------- pseudo-Gaussian
-
-
-def _rectangle_bump(
-    rows: tf.Tensor, cols: tf.Tensor, height: tf.Tensor, width: tf.Tensor
-) -> tf.Tensor:
-    """The reference's ``pseudo_gaussian_pert_rectangles(height, width)`` at integer positions
-    ``rows``/``cols`` (any equal shapes), unnormalised: concentric rectangles around
-    ``(height // 2, width // 2)``, ring k (Chebyshev distance) adding ``1 / (k + 1)**2`` to
-    everything inside it, i.e. the value at distance d is ``sum_{k=d+1}^{K} 1 / k**2`` with
-    ``K = max(height // 2, width // 2) + 1``."""
-    distance = tf.maximum(tf.abs(rows - height // 2), tf.abs(cols - width // 2))
-    rings = tf.maximum(height // 2, width // 2) + 1
-    k = tf.cast(tf.range(1, rings + 1), tf.float32)
-    terms = 1.0 / tf.square(k)
-    reach = tf.cast(distance, tf.float32)[..., None] < k  # k > d
-    return tf.reduce_sum(tf.where(reach, terms, 0.0), axis=-1)
-
-
-def pseudo_gaussian_window(side: tf.Tensor | int) -> tf.Tensor:
-    """The two-lobed pseudo-Gaussian pattern float32 [side, side] of unit L2 norm (the
-    reference's ``meta_pseudo_gaussian_pert`` before its random transpose): the top
-    ``side // 2`` rows a positive bump, the other rows a negative one, each of unit norm."""
-    side = tf.convert_to_tensor(side, tf.int32)
-    split = side // 2
-    rows = tf.range(side)[:, None] + tf.zeros([1, side], tf.int32)
-    cols = tf.range(side)[None, :] + tf.zeros([side, 1], tf.int32)
-    top = rows < split
-    bump = tf.where(
-        top,
-        _rectangle_bump(rows, cols, split, side),
-        _rectangle_bump(rows - split, cols, side - split, side),
-    )
-
-    def unit(part: tf.Tensor) -> tf.Tensor:
-        return tf.math.divide_no_nan(part, tf.sqrt(tf.reduce_sum(tf.square(part))))
-
-    pattern = unit(tf.where(top, bump, 0.0)) - unit(tf.where(top, 0.0, bump))
-    return unit(pattern)
-
-
-def _place(
-    pattern: tf.Tensor,
-    side: tf.Tensor,
-    top: tf.Tensor,
-    left: tf.Tensor,
-    transpose: tf.Tensor,
-    height: int,
-    width: int,
-) -> tf.Tensor:
-    """``pattern`` [side, side] (or its transpose, per example) placed at per-example corners
-    ``top``/``left`` [m] of an [m, height, width, 1] canvas of zeros."""
-    rows = tf.range(height)[None, :, None] - top[:, None, None]
-    cols = tf.range(width)[None, None, :] - left[:, None, None]
-    inside = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
-    rows, cols = tf.clip_by_value(rows, 0, side - 1), tf.clip_by_value(cols, 0, side - 1)
-    flip = transpose[:, None, None]
-    flat = tf.where(flip, cols * side + rows, rows * side + cols)
-    values = tf.gather(tf.reshape(pattern, [-1]), flat)
-    return tf.where(inside, values, 0.0)[..., None]
-
-
-def _window(side: tf.Tensor, top: tf.Tensor, left: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    """bool [m, height, width, 1]: the square of ``side`` pixels at corners ``top``/``left``."""
-    rows = tf.range(height)[None, :, None, None] - top[:, None, None, None]
-    cols = tf.range(width)[None, None, :, None] - left[:, None, None, None]
-    return (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
-
-
-def _channel_norms(values: tf.Tensor) -> tf.Tensor:
-    """L2 norm per example and channel [m, 1, 1, C] of values [m, H, W, C]."""
-    return tf.sqrt(tf.reduce_sum(tf.square(values), axis=[1, 2], keepdims=True))
-
-
-def _image_norms(values: tf.Tensor) -> tf.Tensor:
-    """L2 norm per example [m, 1, 1, 1] of values [m, H, W, C]."""
-    return tf.sqrt(tf.reduce_sum(tf.square(values), axis=[1, 2, 3], keepdims=True))
-
-
-def l2_window_update(
-    delta: tf.Tensor, first: tf.Tensor, union: tf.Tensor, bump: tf.Tensor, eps: tf.Tensor
-) -> tf.Tensor:
-    """The paper's L2 step on perturbations delta [m, H, W, C] of norm <= eps: the new
-    perturbation, of L2 norm eps.
-
-    ``first`` and ``union`` are bool [m, H, W, 1] masks of window 1 and of windows 1 and 2;
-    ``bump`` [m, H, W, C] is the new pattern in window 1 (unit norm per channel, zero outside).
-    Per channel c, window 1 becomes ``bump + old_c / ||old_c||`` (old_c: its current content)
-    rescaled to norm ``sqrt(max(eps² - ||delta||², 0) / C + ||delta_c on windows 1 and 2||²)``;
-    window 2 outside window 1 becomes zero; the rest is kept. The mass moved equals the mass
-    removed plus the unused budget, so the norm becomes eps; the whole perturbation is then
-    rescaled to eps exactly (as the reference does, which absorbs round-off)."""
-    channels = delta.shape[-1]
-    old = tf.where(first, delta, 0.0)
-    new = bump + old / (_channel_norms(old) + 1e-10)
-    unused = tf.maximum(tf.square(eps) - tf.square(_image_norms(delta)), 0.0)
-    mass = tf.square(_channel_norms(tf.where(union, delta, 0.0)))
-    new = new / (_channel_norms(new) + _TINY) * tf.sqrt(unused / channels + mass)
-    delta = tf.where(first, new, tf.where(union, 0.0, delta))
-    return delta / (_image_norms(delta) + _TINY) * eps
 
 
 class Square(Attack):
@@ -252,7 +157,7 @@ class Square(Attack):
             stripes = seeding.signs(keys, [1, width, channels])  # one sign per column, channel
             return tf.clip_by_value(x + eps * stripes, *bounds)
         delta = self._grid_of_bumps(keys, height, width, channels)
-        delta = delta / (_image_norms(delta) + _TINY) * eps
+        delta = delta / (image_norms(delta) + TINY) * eps
         return tf.clip_by_value(x + delta, *bounds)
 
     @staticmethod
@@ -336,7 +241,7 @@ class Square(Attack):
         distribution that loop samples from."""
         height, width, channels = x_clean.shape[1:]
         top, left = self._corners(keys, side, height, width)
-        window = _window(side, top, left, height, width)
+        window = square_mask(side, top, left, height, width)
         plus = tf.clip_by_value(x_clean + eps, *bounds)
         minus = tf.clip_by_value(x_clean - eps, *bounds)
 
@@ -378,11 +283,13 @@ class Square(Attack):
         delta = x_now - x_clean
         top, left = self._corners(keys, side, height, width)
         top_2, left_2 = self._corners(seeding.fold_in(keys, 2), side, height, width)
-        first = _window(side, top, left, height, width)
-        union = first | _window(side, top_2, left_2, height, width)
+        first = square_mask(side, top, left, height, width)
+        union = first | square_mask(side, top_2, left_2, height, width)
         transpose = seeding.uniform(seeding.fold_in(keys, 3), []) < 0.5
         signs = seeding.signs(seeding.fold_in(keys, 4), [1, 1, channels])
-        pattern = _place(pseudo_gaussian_window(side), side, top, left, transpose, height, width)
+        pattern = place_pattern(
+            pseudo_gaussian_window(side), side, top, left, transpose, height, width
+        )
 
         delta = l2_window_update(delta, first, union, pattern * signs, eps)
         return tf.clip_by_value(x_clean + delta, *bounds)

@@ -9,11 +9,10 @@ from eval_helpers import SHAPE, healthy, quadrant_data, stop_gradient_outputs, w
 
 from robustkit import InputError, seeding
 from robustkit.attacks import PGD, Square
-from robustkit.attacks.square import (
-    SAME_PIXEL,
-    _place,
+from robustkit.attacks.square import SAME_PIXEL, p_selection
+from robustkit.attacks.square_windows import (
     l2_window_update,
-    p_selection,
+    place_pattern,
     pseudo_gaussian_window,
 )
 from robustkit.models import Classifier
@@ -130,7 +129,9 @@ def test_pseudo_gaussian_window_matches_the_reference_and_its_transpose() -> Non
         np.testing.assert_allclose(pattern, reference_window(s), atol=1e-6)
         assert np.sum(pattern**2) == pytest.approx(1.0, abs=1e-5)
     s, top, left = 5, np.array([0, 2]), np.array([3, 1])
-    placed = _place(pseudo_gaussian_window(s), s, top, left, tf.constant([False, True]), 8, 9)
+    placed = place_pattern(
+        pseudo_gaussian_window(s), s, top, left, tf.constant([False, True]), 8, 9
+    )
     placed = placed.numpy()[..., 0]
     np.testing.assert_allclose(placed[0, 0:5, 3:8], reference_window(s), atol=1e-6)
     np.testing.assert_allclose(placed[1, 2:7, 1:6], reference_window(s).T, atol=1e-6)
