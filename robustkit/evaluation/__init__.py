@@ -5,14 +5,17 @@ from robustkit.evaluation.checks import CHECKS
 from robustkit.evaluation.evaluator import ProgressEvent, evaluate
 from robustkit.evaluation.render import report_markdown, robustness_curve, write_report
 from robustkit.evaluation.report import (
-    SCHEMA_NAME,
-    SCHEMA_VERSION,
     AttackOutcome,
     CheckResult,
     ExampleRecords,
     RobustnessReport,
 )
-from robustkit.evaluation.schema import REPORT_SCHEMA, validate_report
+from robustkit.evaluation.schema import (
+    REPORT_SCHEMA,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    validate_report,
+)
 from robustkit.evaluation.suites import SuiteAttack, plus_suite, quick_suite, standard_suite
 
 __all__ = [

@@ -14,12 +14,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from robustkit.errors import InputError
+from robustkit.evaluation.schema import SCHEMA_NAME, SCHEMA_VERSION, VERDICTS, validate_report
 from robustkit.io.reports import to_jsonable
-
-SCHEMA_NAME = "robustkit.robustness-report"
-SCHEMA_VERSION = 2
-VERDICTS = ("pass", "warn", "fail", "not run")
-MODES = ("cascade", "independent")
 
 
 @dataclass
@@ -255,8 +251,6 @@ class RobustnessReport:
     @classmethod
     def from_dict(cls, document: dict[str, Any]) -> RobustnessReport:
         """A report from :meth:`to_dict` output; validated against the schema first."""
-        from robustkit.evaluation.schema import validate_report
-
         validate_report(document)
         values = {f.name: document[f.name] for f in fields(cls) if f.name in document}
         values["bounds"] = tuple(values["bounds"])

@@ -3,7 +3,8 @@
 :data:`REPORT_SCHEMA` is standard JSON Schema (draft 2020-12), so other tools can validate
 reports too. :func:`validate_report` checks a document against it with a small built-in
 validator (the keywords the schema uses) and then checks that the sizes agree with each other.
-Changing the layout means bumping :data:`~robustkit.evaluation.report.SCHEMA_VERSION`.
+Changing the layout means bumping :data:`SCHEMA_VERSION`. The schema owns its name, version and
+enumerations; :mod:`robustkit.evaluation.report` imports them from here (never the reverse).
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from robustkit.errors import InputError
-from robustkit.evaluation.report import MODES, SCHEMA_NAME, SCHEMA_VERSION, VERDICTS
+
+SCHEMA_NAME = "robustkit.robustness-report"
+SCHEMA_VERSION = 2
+VERDICTS = ("pass", "warn", "fail", "not run")
+MODES = ("cascade", "independent")
 
 _COUNT = {"type": "integer", "minimum": 0}
 _SHARE = {"type": "number", "minimum": 0, "maximum": 1}
