@@ -20,7 +20,15 @@ import tensorflow as tf
 import robustkit
 from robustkit.errors import InputError
 from robustkit.evaluation.cascade import carry_over, run_cascade
-from robustkit.evaluation.checks import CheckContext, run_checks, select_checks
+from robustkit.evaluation.checks import (
+    CheckAttacker,
+    CheckContext,
+    CheckData,
+    CheckFindings,
+    SuiteRun,
+    run_checks,
+    select_checks,
+)
 from robustkit.evaluation.engine import MAIN_STREAM, Executor, keys_for
 from robustkit.evaluation.report import AttackOutcome, ExampleRecords, RobustnessReport
 from robustkit.evaluation.suites import resolve_suite
@@ -258,29 +266,29 @@ def evaluate(
 
     rng = np.random.default_rng(seed)
     subsample = np.sort(rng.choice(n, size=min(int(check_samples), n), replace=False))
-    context = CheckContext(
-        executor=executor,
-        suite=specs,
+    data = CheckData(classifier, x, y, clean_logits, subsample, executor.chunk_size)
+    suite_run = SuiteRun(
+        specs=specs,
         attacks=[attack for _, attack in attacks],
         norm_name=norm_name,
         epsilons=epsilons,
-        x=x,
-        y=y,
-        clean_logits=clean_logits,
+        cascade=cascade,
+        seed=seed,
         records=records,
         verification=verification,
-        seed=seed,
-        cascade=cascade,
-        subsample=subsample,
-        progress=check_progress,
+    )
+    context = CheckContext(
+        data=data,
+        suite=suite_run,
+        attacker=CheckAttacker(executor, data, norm_name, seed, check_progress),
+        findings=CheckFindings.none(len(epsilons), n),
     )
     check_results = run_checks(context, check_names)
     for check in check_results:
         if check.verdict in ("warn", "fail"):
             logger.warning("check %d %s: %s", check.number, check.verdict, check.explanation)
     robust_before_checks = [float(row.mean()) for row in records.robust]
-    broken_by_checks = context.apply_check_adversarials()
-    verification["broken_by_checks"] = broken_by_checks
+    verification["broken_by_checks"] = context.findings.lower(records)
     checks_seconds = time.perf_counter() - started - clean_seconds - attacks_seconds
 
     return RobustnessReport(
