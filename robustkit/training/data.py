@@ -72,8 +72,9 @@ class Batches:
         dataset = tf.data.Dataset.from_tensor_slices((self.x[order], self.y[order]))
         return dataset.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
 
-    def first(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first ``count`` examples (fewer if there are fewer), as NumPy arrays."""
+    def first(self, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``count`` examples (fewer if there are fewer; None: all of them), as NumPy
+        arrays x float32 [n, H, W, C] and y int32 [n]."""
         if self._dataset is None:
             return self.x[:count], self.y[:count]
         xs, ys, taken = [], [], 0
@@ -81,8 +82,10 @@ class Batches:
             xs.append(x.numpy())
             ys.append(y.numpy())
             taken += len(ys[-1])
-            if taken >= count:
+            if count is not None and taken >= count:
                 break
+        if not xs:
+            raise InputError(f"{self.name} holds no examples.")
         return np.concatenate(xs)[:count], np.concatenate(ys)[:count]
 
 

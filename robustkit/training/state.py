@@ -1,4 +1,4 @@
-"""Trainer state that must survive an interruption, and weight snapshots for roll-backs.
+"""Trainer state that must survive an interruption, and weight snapshots for the guards.
 
 Everything here is made of ``tf.Variable``s so a ``tf.train.Checkpoint`` saves and restores it
 together with the model, the optimizer and the random generator.
@@ -39,19 +39,18 @@ class WeightSnapshot(tf.Module):
 
 
 class TrainerState(tf.Module):
-    """Checkpointed progress: the next epoch, the best robust validation result and its weights,
-    the overfitting guard's reference accuracy and the history so far."""
+    """Checkpointed progress of the loop itself: the next epoch and the history so far (the
+    guards keep their own state)."""
 
-    def __init__(self, weights: Sequence[tf.Variable]) -> None:
+    def __init__(self) -> None:
         super().__init__(name="trainer_state")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.best_metric = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
-        self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
-        self.best_weights = WeightSnapshot(weights, name="best_weights")
-        self.guard_reference = tf.Variable(
-            -1.0, dtype=tf.float64, trainable=False, name="guard_reference"
-        )
         self.history_json = tf.Variable("", dtype=tf.string, trainable=False, name="history")
+
+    def reset(self) -> None:
+        """A fresh run: epoch 0, empty history."""
+        self.epoch.assign(0)
+        self.store_history(TrainingHistory())
 
     def history(self) -> TrainingHistory:
         """The history stored with the state (empty for a fresh run)."""
