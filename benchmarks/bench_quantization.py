@@ -38,7 +38,7 @@ import numpy as np
 from robustkit.attacks import FGSM, PGD
 from robustkit.io import from_uint8, load_mnist, write_png
 from robustkit.models import load_classifier
-from robustkit_cli.attack import saved_codes
+from robustkit.runs import saved_codes
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT = 8000  # the example model trained on test digits 0..7999

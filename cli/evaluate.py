@@ -9,76 +9,24 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
-from robustkit import evaluation
-from robustkit.errors import InputError
-from robustkit.evaluation import CHECKS, ProgressEvent, RobustnessReport, write_report
-from robustkit.evaluation.render import REPORT_FILES
-from robustkit.evaluation.suites import SUITES
-from robustkit.io import atomic_write, from_uint8
+from robustkit.evaluation import CHECKS, ProgressEvent, RobustnessReport
+from robustkit.runs import (
+    SUITE_NAMES,
+    ImageOptions,
+    ModelOptions,
+    OutputOptions,
+    evaluate_folder,
+)
+from robustkit.runs.evaluate import ADVERSARIAL_NPZ, REPORT_FILES
 from robustkit_cli.common import (
     NUMBERS,
     Console,
-    check_output_folder,
-    handle_errors,
+    command_template,
     image_options,
-    load_model,
     model_options,
-    open_images,
     output_options,
-    refuse_overwrite,
-    summarize_notes,
 )
-
-ADVERSARIAL_NPZ = "adversarial.npz"
-
-
-def load_npz(path: Path, classifier: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels from an .npz with arrays ``x`` ([N, H, W(, C)], uint8 codes or floats
-    in the classifier's bounds) and ``y`` (int labels [N])."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "x" not in archive or "y" not in archive:
-                raise InputError(
-                    f"{path} must hold arrays 'x' (images) and 'y' (labels); it has "
-                    f"{sorted(archive.files)}."
-                )
-            x, y = archive["x"], archive["y"]
-    except (OSError, ValueError) as error:
-        raise InputError(f"Cannot read {path} as an .npz archive: {error}.") from error
-    if x.ndim == 3 and classifier.input_shape[-1] == 1:
-        x = x[..., None]
-    if x.dtype == np.uint8:
-        x = from_uint8(x, classifier.bounds)
-    return x, y
-
-
-def load_folder(
-    data: str, classifier: Any, console: Console, batch_size: int, **options: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every readable labelled image under ``data`` (skipped files are warned about)."""
-    folder = open_images(data, classifier, **options)
-    if folder.label_source == "none":
-        raise InputError(
-            f"No labels for the images under {data}: robust accuracy needs true labels. Give "
-            "--labels labels.csv or put the images in class subfolders."
-        )
-    images, labels, notes = [], [], []
-    for skip in folder.skipped:
-        console.warn(f"skipped {skip.relative}: {skip.reason}")
-    for batch in folder.batches(batch_size):
-        for skip in batch.skipped:
-            console.warn(f"skipped {skip.relative}: {skip.reason}")
-        if batch.entries:
-            images.append(batch.pixels(classifier.bounds))
-            labels.append(batch.labels)
-        notes += batch.notes
-    for line in summarize_notes(notes):
-        console.note(line)
-    if not images:
-        raise InputError(f"None of the images under {data} could be read.")
-    return np.concatenate(images), np.concatenate(labels)
 
 
 def parse_checks(value: str) -> str | list[str | int] | None:
@@ -169,7 +117,7 @@ def print_summary(console: Console, report: RobustnessReport, out: Path) -> None
     required=True,
     help="Comma-separated radii in [0, 1] pixel units, e.g. 0.1,0.2,0.3 or 2/255,8/255.",
 )
-@click.option("--suite", type=click.Choice(list(SUITES)), default="standard", show_default=True)
+@click.option("--suite", type=click.Choice(SUITE_NAMES), default="standard", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
 @click.option(
     "--checks",
@@ -200,7 +148,7 @@ def print_summary(console: Console, report: RobustnessReport, out: Path) -> None
 @model_options
 @image_options
 @output_options("evaluation")
-@handle_errors
+@command_template
 def evaluate(
     model: str,
     data: str,
@@ -214,21 +162,10 @@ def evaluate(
     limit: int | None,
     per_example: bool,
     save_adversarial: bool,
-    unsafe_load: bool,
-    input_scale: float,
-    mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None,
-    labels: Path | None,
-    class_names: Path | None,
-    folder_labels: bool,
-    resize: str | None,
-    strict: bool,
-    batch_size: int,
-    out: Path,
-    overwrite: bool,
-    quiet: bool,
-    json_output: bool,
-    debug: bool,
+    model_options: ModelOptions,
+    image_options: ImageOptions,
+    output: OutputOptions,
+    console: Console,
 ) -> int:
     """Measure the robust accuracy of the Keras model MODEL (.keras or .h5) on DATA: an image
     folder with labels (class subfolders or --labels, read as `robustkit attack` reads them) or
@@ -240,59 +177,30 @@ def evaluate(
 
     Exit codes: 0 done, 1 failure during the run, 2 usage or input error.
     """
-    console = Console(quiet=quiet, json_output=json_output)
-    check_output_folder(out, data)
-    outputs = [out / name for name in REPORT_FILES]
-    if save_adversarial:
-        outputs.append(out / ADVERSARIAL_NPZ)
-    if not overwrite:
-        refuse_overwrite(outputs, out)
-    classifier = load_model(
-        model, unsafe_load=unsafe_load, input_scale=input_scale, mean=mean, std=std, console=console
-    )
-    if Path(data).suffix.lower() == ".npz" and Path(data).is_file():
-        x, y = load_npz(Path(data), classifier)
-    else:
-        x, y = load_folder(
-            data,
-            classifier,
-            console,
-            batch_size,
-            labels=labels,
-            class_names=class_names,
-            folder_labels=folder_labels,
-            resize=resize,
-            strict=strict,
-        )
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
     bars = ProgressBars(console)
     try:
-        report = evaluation.evaluate(
-            classifier,
-            (x, y),
+        report = evaluate_folder(
+            model,
+            data,
+            output,
             norm,
             list(eps),
+            limit=limit,
+            save_adversarial=save_adversarial,
+            model_options=model_options,
+            image_options=image_options,
             suite=suite,
             seed=seed,
-            batch_size=batch_size,
             cascade=not independent,
             checks=parse_checks(checks_option),
             check_samples=check_samples,
             per_example=per_example,
-            return_images=save_adversarial,
             progress=bars,
         )
     finally:
         bars.close()
-    write_report(report, out, overwrite=True)
-    if save_adversarial:
-        with atomic_write(out / ADVERSARIAL_NPZ, "wb") as stream:
-            np.savez_compressed(
-                stream, x_adv=report.adversarial_images, y=y, epsilons=report.epsilons
-            )
-    if json_output:
+    if console.json_output:
         console.print_json(report.to_dict())
     else:
-        print_summary(console, report, out)
+        print_summary(console, report, output.out)
     return 0

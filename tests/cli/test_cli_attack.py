@@ -21,7 +21,7 @@ from PIL import Image
 
 from robustkit.io import from_uint8, read_image
 from robustkit.models import Preprocessing, load_classifier
-from robustkit_cli import attack as attack_module
+from robustkit.runs import attack as attack_module
 from robustkit_cli.main import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -1,0 +1,145 @@
+"""Evaluate a model on a labelled image folder or an .npz: robust accuracy under an attack suite,
+written as report.json, report.md and robustness_curve.png (and the adversarial images)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robustkit import evaluation
+from robustkit.errors import InputError
+from robustkit.evaluation import RobustnessReport, write_report
+from robustkit.evaluation.render import REPORT_FILES
+from robustkit.evaluation.suites import SUITES
+from robustkit.io import atomic_write, from_uint8
+from robustkit.models import Classifier
+from robustkit.norms import Norm
+from robustkit.runs.folder import summarize_notes
+from robustkit.runs.options import (
+    ImageOptions,
+    ModelOptions,
+    ModelSource,
+    OutputOptions,
+    load_model,
+    open_images,
+)
+from robustkit.runs.outputs import locked_output, refuse_overwrite
+
+logger = logging.getLogger(__name__)
+
+ADVERSARIAL_NPZ = "adversarial.npz"
+SUITE_NAMES = tuple(SUITES)
+
+
+def read_npz(path: str | os.PathLike[str], classifier: Classifier) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels from an .npz with arrays ``x`` ([N, H, W(, C)], uint8 codes or floats
+    in the classifier's bounds) and ``y`` (int labels [N])."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive or "y" not in archive:
+                raise InputError(
+                    f"{path} must hold arrays 'x' (images) and 'y' (labels); it has "
+                    f"{sorted(archive.files)}."
+                )
+            x, y = archive["x"], archive["y"]
+    except (OSError, ValueError) as error:
+        raise InputError(f"Cannot read {path} as an .npz archive: {error}.") from error
+    if x.ndim == 3 and classifier.input_shape[-1] == 1:
+        x = x[..., None]
+    if x.dtype == np.uint8:
+        x = from_uint8(x, classifier.bounds)
+    return x, y
+
+
+def read_labelled_folder(
+    images: str | os.PathLike[str], classifier: Classifier, options: ImageOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every readable labelled image under ``images``, float32 [N, H, W, C] in the classifier's
+    bounds, and its labels [N]; unreadable files are skipped with a logged warning."""
+    folder = open_images(images, classifier, options)
+    if folder.label_source == "none":
+        raise InputError(
+            f"No labels for the images under {images}: robust accuracy needs true labels. Give "
+            "a labels CSV (CLI: --labels labels.csv) or put the images in class subfolders."
+        )
+    pixels, labels, notes = [], [], []
+    for skip in folder.skipped:
+        logger.warning("skipped %s: %s", skip.relative, skip.reason)
+    for batch in folder.batches(options.batch_size):
+        for skip in batch.skipped:
+            logger.warning("skipped %s: %s", skip.relative, skip.reason)
+        if batch.entries:
+            pixels.append(batch.pixels(classifier.bounds))
+            labels.append(batch.labels)
+        notes += batch.notes
+    for line in summarize_notes(notes):
+        logger.info(line)
+    if not pixels:
+        raise InputError(f"None of the images under {images} could be read.")
+    return np.concatenate(pixels), np.concatenate(labels)
+
+
+def read_labelled_images(
+    data: str | os.PathLike[str], classifier: Classifier, options: ImageOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) from an .npz file (see :func:`read_npz`) or a labelled image folder or file."""
+    if Path(data).suffix.lower() == ".npz" and Path(data).is_file():
+        return read_npz(data, classifier)
+    return read_labelled_folder(data, classifier, options)
+
+
+def evaluate_folder(
+    model: ModelSource,
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str] | OutputOptions,
+    threat: str | Norm = "linf",
+    epsilons: list[float] | None = None,
+    *,
+    limit: int | None = None,
+    save_adversarial: bool = False,
+    model_options: ModelOptions | None = None,
+    image_options: ImageOptions | None = None,
+    **evaluate_options: Any,
+) -> RobustnessReport:
+    """Measure robust accuracy on ``data`` (a labelled image folder or an .npz of ``x``, ``y``)
+    with :func:`robustkit.evaluation.evaluate` and write its reports into ``out``.
+
+    Args:
+        model, out, model_options: as for :func:`~robustkit.runs.attack_folder`.
+        threat, epsilons, evaluate_options: as for :func:`robustkit.evaluation.evaluate`
+            (``suite``, ``seed``, ``cascade``, ``checks``, ``progress``, ...); the batch size is
+            ``image_options.batch_size``.
+        limit: evaluate only the first ``limit`` examples.
+        save_adversarial: also write the kept adversarial images [E, N, H, W, C], the labels
+            and the radii to ``adversarial.npz``.
+    """
+    output = OutputOptions.of(out)
+    image_options = image_options or ImageOptions()
+    with locked_output(output.out, data):
+        if not output.overwrite:
+            names = [*REPORT_FILES, *([ADVERSARIAL_NPZ] if save_adversarial else [])]
+            refuse_overwrite([output.out / name for name in names], output.out)
+        classifier = load_model(model, model_options)
+        x, y = read_labelled_images(data, classifier, image_options)
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+        report = evaluation.evaluate(
+            classifier,
+            (x, y),
+            threat,
+            epsilons,
+            batch_size=image_options.batch_size,
+            return_images=save_adversarial,
+            **evaluate_options,
+        )
+        write_report(report, output.out, overwrite=True)
+        if save_adversarial:
+            with atomic_write(output.out / ADVERSARIAL_NPZ, "wb") as stream:
+                np.savez_compressed(
+                    stream, x_adv=report.adversarial_images, y=y, epsilons=report.epsilons
+                )
+    return report
