@@ -152,8 +152,7 @@ class FolderRun:
     :meth:`settings`, :meth:`process_batch` and :meth:`summarize`. Batches are fixed slices of
     the sorted file list, so a resumed run processes exactly the batches an uninterrupted run
     would; rows reach the journal only after their batch's files are written. Call
-    :meth:`execute` while holding the output folder's lock (:func:`~robustkit.runs.outputs.
-    locked_output`).
+    :meth:`execute` while holding the output folder's lock (``locked_output``).
     """
 
     journal_name: ClassVar[str]
@@ -246,8 +245,8 @@ class FolderRun:
             if any(e.relative not in done for e in chunk)
         ]
         total = sum(len(chunk) for _, chunk in pending)
-        report = progress or (lambda handled, total: None)
-        report(0, total)
+        tell = progress or (lambda handled, total: None)
+        tell(0, total)
         rows: list[Row] = []
         processed = handled = 0
         notes: list[tuple[str, str]] = []
@@ -265,7 +264,7 @@ class FolderRun:
             self.journal.append(batch_rows)
             rows += batch_rows
             handled += len(chunk)
-            report(handled, total)
+            tell(handled, total)
         for line in summarize_notes(notes):
             logger.info(line)
         return rows, processed
