@@ -122,6 +122,35 @@ def looks_like_probabilities(outputs: np.ndarray) -> bool:
     )
 
 
+def _require_one_image_input_and_output(model: Any) -> None:
+    """InputError, naming the fix, for models robustkit cannot attack as they are: several
+    inputs or outputs, or a first layer that reads channels-first images."""
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) > 1:
+        raise InputError(
+            f"The model has {len(inputs)} inputs; robustkit needs one image input. Wrap it in a "
+            "model of the image alone, e.g. keras.Model(image, model([image, fixed_other]))."
+        )
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) > 1:
+        raise InputError(
+            f"The model has {len(outputs)} outputs; robustkit attacks one classifier head. Pass "
+            "keras.Model(model.inputs, model.outputs[i]) for the head you want."
+        )
+    layers = [
+        layer
+        for layer in getattr(model, "layers", None) or []
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]
+    first = layers[0] if layers else None
+    if getattr(first, "data_format", None) == "channels_first":
+        raise InputError(
+            "The model reads channels-first images [channels, height, width]; robustkit works "
+            "in NHWC. Put keras.layers.Permute((3, 1, 2)) in front of it: keras.Sequential("
+            "[keras.Input((height, width, channels)), keras.layers.Permute((3, 1, 2)), model])."
+        )
+
+
 class Classifier:
     """A classifier in pixel space that always returns logits.
 
@@ -183,16 +212,22 @@ class Classifier:
 
     @staticmethod
     def _resolve_input_shape(model: Any, given: Sequence[int] | None) -> tuple[int, int, int]:
+        _require_one_image_input_and_output(model)
         shape = given
         if shape is None:
             model_shape = getattr(model, "input_shape", None)
-            if isinstance(model_shape, list):
-                raise InputError("The model has several inputs; robustkit needs one image input.")
             shape = None if model_shape is None else tuple(model_shape[1:])
-        if shape is None or len(shape) != 3 or any(d is None for d in shape):
+        if shape is not None and len(shape) != 3:
+            raise InputError(
+                f"The model takes inputs of shape {tuple(shape)}; robustkit works on images "
+                "[height, width, channels]. For grayscale images without a channel axis, put "
+                "keras.layers.Reshape((height, width)) in front of the model; non-image inputs "
+                "(tables, text, sequences) are not supported."
+            )
+        if shape is None or any(d is None for d in shape):
             raise InputError(
                 f"Cannot tell the model's image shape (got {shape!r}); pass "
-                "input_shape=(height, width, channels) to Classifier."
+                "input_shape=(height, width, channels) to Classifier (CLI: --resize HxW)."
             )
         return tuple(int(d) for d in shape)  # type: ignore[return-value]
 

@@ -153,3 +153,73 @@ def test_load_classifier_round_trip(tmp_path, suffix: str) -> None:
 def test_mean_std_must_match_the_channel_count() -> None:
     with pytest.raises(InputError, match="channel"):
         Classifier(small_cnn(), preprocessing=Preprocessing(mean=[0.1, 0.2, 0.3], std=[1, 1, 1]))
+
+
+def _two_input_model() -> keras.Model:
+    image, extra = keras.Input((8, 8, 1)), keras.Input((4,))
+    joined = keras.layers.Concatenate()([keras.layers.Flatten()(image), extra])
+    return keras.Model([image, extra], keras.layers.Dense(3)(joined))
+
+
+def _two_output_model() -> keras.Model:
+    image = keras.Input((8, 8, 1))
+    flat = keras.layers.Flatten()(image)
+    return keras.Model(image, [keras.layers.Dense(3)(flat), keras.layers.Dense(2)(flat)])
+
+
+def _channels_first_model() -> keras.Model:
+    image = keras.Input((3, 8, 8))
+    features = keras.layers.Conv2D(2, 3, data_format="channels_first")(image)
+    return keras.Model(image, keras.layers.Dense(4)(keras.layers.Flatten()(features)))
+
+
+def _tabular_model() -> keras.Model:
+    return keras.Sequential([keras.Input((20,)), keras.layers.Dense(3)])
+
+
+def _undefined_size_model() -> keras.Model:
+    image = keras.Input((None, None, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(image))
+    return keras.Model(image, keras.layers.Dense(5)(pooled))
+
+
+@pytest.mark.parametrize(
+    ("build", "problem", "fix"),
+    [
+        (_two_input_model, "2 inputs", "keras.Model(image, model([image, fixed_other]))"),
+        (_two_output_model, "2 outputs", "model.outputs[i]"),
+        (_channels_first_model, "channels-first", "keras.layers.Permute((3, 1, 2))"),
+        (_tabular_model, "shape (20,)", "non-image inputs"),
+        (_undefined_size_model, "(None, None, 3)", "input_shape=(height, width, channels)"),
+    ],
+    ids=["multi-input", "multi-output", "channels-first", "tabular", "undefined-size"],
+)
+def test_models_that_cannot_work_as_they_are_are_refused_naming_the_fix(
+    build, problem: str, fix: str
+) -> None:
+    with pytest.raises(InputError) as error:
+        Classifier(build())
+    assert problem in str(error.value)
+    assert fix in str(error.value)
+
+
+def test_the_named_fixes_work() -> None:
+    """Permute in front of a channels-first model, and input_shape for an undefined size, give
+    classifiers whose logits equal the model's own on the rearranged images."""
+    channels_first = _channels_first_model()
+    wrapped = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Permute((3, 1, 2)), channels_first]
+    )
+    x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    np.testing.assert_allclose(
+        Classifier(wrapped).logits(x).numpy(),
+        channels_first(np.transpose(x, (0, 3, 1, 2))).numpy(),
+        atol=1e-6,
+    )
+    undefined = _undefined_size_model()
+    classifier = Classifier(undefined, input_shape=(12, 10, 3))
+    assert classifier.input_shape == (12, 10, 3)
+    images = np.random.default_rng(1).random((2, 12, 10, 3), dtype=np.float32)
+    np.testing.assert_allclose(
+        classifier.logits(images).numpy(), undefined(images).numpy(), atol=1e-6
+    )
