@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import keras
@@ -95,34 +95,63 @@ class ActivationGradients(NamedTuple):
 _LAYER_PATCH_LOCK = threading.RLock()
 
 
+def all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer of a model in order, descending into nested models (yielded before their
+    own layers)."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
+
+
+@contextlib.contextmanager
+def _patch_layer_calls(
+    layers: Sequence[keras.layers.Layer],
+    transform: Callable[[keras.layers.Layer, Any], Any],
+) -> Iterator[None]:
+    """While open, each call of one of ``layers`` from this thread returns
+    ``transform(layer, output)`` instead of its output; calls from other threads pass straight
+    through, and one patch at a time is in place (a lock), so the model stays usable from other
+    threads. The layers' own ``call`` is restored on exit, so the model is left as it was."""
+    with _LAYER_PATCH_LOCK:
+        owner = threading.get_ident()
+        saved = []
+
+        def patched(layer: keras.layers.Layer, original_call: Callable[..., Any]) -> Any:
+            def patched_call(*args: Any, **kwargs: Any) -> Any:
+                output = original_call(*args, **kwargs)
+                return transform(layer, output) if threading.get_ident() == owner else output
+
+            return patched_call
+
+        try:
+            for layer in layers:
+                saved.append((layer, "call" in vars(layer), layer.call))
+                layer.call = patched(layer, layer.call)
+            yield
+        finally:
+            for layer, patched_before, original_call in reversed(saved):
+                if patched_before:
+                    layer.call = original_call
+                else:
+                    del layer.call
+
+
 @contextlib.contextmanager
 def _watch_layer_output(
     layer: keras.layers.Layer, tape: tf.GradientTape, outputs: list[tf.Tensor]
 ) -> Iterator[None]:
     """While open, each call of ``layer`` from this thread appends its output to ``outputs`` and
-    the tape watches it; calls from other threads pass straight through, and one patch at a time
-    is in place (a lock), so the model stays usable from other threads. The layer's own
-    ``call`` is restored on exit, so the model is left as it was."""
-    with _LAYER_PATCH_LOCK:
-        owner = threading.get_ident()
-        patched_before = "call" in vars(layer)
-        original_call = layer.call
+    the tape watches it; calls from other threads pass straight through (see
+    :func:`_patch_layer_calls`), and the layer's own ``call`` is restored on exit."""
 
-        def watched_call(*args: Any, **kwargs: Any) -> Any:
-            output = original_call(*args, **kwargs)
-            if threading.get_ident() == owner:
-                tape.watch(output)
-                outputs.append(output)
-            return output
+    def watch(_: keras.layers.Layer, output: tf.Tensor) -> tf.Tensor:
+        tape.watch(output)
+        outputs.append(output)
+        return output
 
-        layer.call = watched_call
-        try:
-            yield
-        finally:
-            if patched_before:
-                layer.call = original_call
-            else:
-                del layer.call
+    with _patch_layer_calls([layer], watch):
+        yield
 
 
 def activation_gradients(
@@ -159,3 +188,55 @@ def activation_gradients(
         objective, outputs[0], unconnected_gradients=tf.UnconnectedGradients.ZERO
     )
     return ActivationGradients(outputs[0], gradient, logits, objective)
+
+
+def is_relu_layer(layer: keras.layers.Layer) -> bool:
+    """Whether the layer's output is a plain ReLU max(z, 0): ``ReLU()`` without slope, cap or
+    threshold, ``Activation("relu")``, or any layer built with ``activation="relu"``."""
+    if isinstance(layer, keras.layers.ReLU):
+        return not layer.negative_slope and layer.max_value is None and not layer.threshold
+    return getattr(layer, "activation", None) is keras.activations.relu
+
+
+@tf.custom_gradient
+def _positive_gradient_gate(output: tf.Tensor) -> tuple[tf.Tensor, Callable[..., tf.Tensor]]:
+    """Identity forward; backward lets only positive gradients through."""
+    return tf.identity(output), tf.nn.relu
+
+
+def guided_relu_layers(classifier: Classifier) -> list[keras.layers.Layer]:
+    """The ReLU layers (see :func:`is_relu_layer`) of the classifier's Keras model, at any
+    depth, each once; InputError when the model is not Keras or has none."""
+    model = classifier.model
+    if not isinstance(model, keras.Model):
+        raise InputError("Guided backpropagation needs a Keras model inside the Classifier.")
+    relus = {id(layer): layer for layer in all_layers(model) if is_relu_layer(layer)}
+    if not relus:
+        raise InputError(
+            f"Model {model.name!r} has no ReLU layer, so guided backpropagation would be the "
+            "plain gradient; use the gradient method instead."
+        )
+    return list(relus.values())
+
+
+def guided_input_gradients(
+    classifier: Classifier,
+    x: tf.Tensor,
+    y: tf.Tensor,
+    *,
+    loss: str | LossFunction = "logit",
+    training: bool = False,
+) -> InputGradients:
+    """Guided-backpropagation "gradient" (Springenberg et al. 2015) w.r.t. the input x.
+
+    Backward through every ReLU layer (see :func:`guided_relu_layers`), only the positive part
+    of the incoming gradient at positive activations passes:
+    ``g_in = g_out * [z > 0] * [g_out > 0]``; all other layers backpropagate as usual, so this
+    is not the gradient of anything. ReLUs applied by code other than a Keras layer's output
+    backpropagate plainly. The forward pass (logits, objective) is the ordinary one; the
+    layers are patched only for this thread and only while it runs (see
+    :func:`_patch_layer_calls`).
+    """
+    layers = guided_relu_layers(classifier)
+    with _patch_layer_calls(layers, lambda _, output: _positive_gradient_gate(output)):
+        return input_gradients(classifier, x, y, loss=loss, training=training)

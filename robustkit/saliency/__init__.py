@@ -1,12 +1,14 @@
-"""Saliency maps on taped input gradients, their rendering and sanity checks.
+"""Saliency maps (gradient, CAM and perturbation methods), their rendering and checks.
 
-Methods return an :class:`Attribution`; :mod:`robustkit.saliency.render` turns maps into
-Pillow images and PNGs; :mod:`robustkit.saliency.checks` holds the randomization test and the
-deletion/insertion curves.
+Methods return an :class:`Attribution` and are reached by name through :func:`attribute`
+(see :data:`METHODS`); :mod:`robustkit.saliency.render` turns maps into Pillow images and PNGs;
+:mod:`robustkit.saliency.checks` holds the randomization test and the deletion/insertion
+curves.
 """
 
 from robustkit.saliency.attribution import Attribution
 from robustkit.saliency.baselines import BASELINE_KINDS, gaussian_blur, make_baseline
+from robustkit.saliency.cam import grad_cam_plus_plus, layer_cam, score_cam
 from robustkit.saliency.checks import (
     PerturbationCurves,
     RandomizationResult,
@@ -14,21 +16,22 @@ from robustkit.saliency.checks import (
     randomization_check,
     spearman,
 )
+from robustkit.saliency.coalitions import kernel_shap, lime
 from robustkit.saliency.engine import OBJECTIVES
 from robustkit.saliency.gradcam import find_layer, grad_cam
 from robustkit.saliency.methods import (
     AGGREGATIONS,
-    METHOD_ALIASES,
-    METHODS,
-    RULES,
-    attribute,
-    get_method,
     gradient,
     gradient_x_input,
+    guided_backprop,
     integrated_gradients,
-    quadrature,
     smoothgrad,
+    square_grad,
+    vargrad,
 )
+from robustkit.saliency.perturbation import occlusion, rise
+from robustkit.saliency.quadrature import RULES, quadrature
+from robustkit.saliency.registry import METHOD_ALIASES, METHODS, attribute, get_method
 from robustkit.saliency.render import (
     REDUCTIONS,
     VIEWS,
@@ -58,18 +61,28 @@ __all__ = [
     "gaussian_blur",
     "get_method",
     "grad_cam",
+    "grad_cam_plus_plus",
     "gradient",
     "gradient_x_input",
+    "guided_backprop",
     "heatmap",
     "integrated_gradients",
+    "kernel_shap",
+    "layer_cam",
+    "lime",
     "make_baseline",
+    "occlusion",
     "overlay",
     "panel",
     "quadrature",
     "randomization_check",
     "reduce_channels",
+    "rise",
     "save",
     "scale_map",
+    "score_cam",
     "smoothgrad",
     "spearman",
+    "square_grad",
+    "vargrad",
 ]

@@ -47,6 +47,13 @@ def gaussian_blur(x: tf.Tensor, sigma: float) -> tf.Tensor:
     return x
 
 
+def baseline_name(baseline: Any) -> str | float:
+    """A JSON-able name of a baseline: its kind, its number, or "array"."""
+    if isinstance(baseline, str):
+        return baseline
+    return float(baseline) if np.ndim(baseline) == 0 else "array"
+
+
 def make_baseline(
     classifier: Classifier,
     x: tf.Tensor,
@@ -60,8 +67,9 @@ def make_baseline(
 
     ``baseline`` is "black" (the low bound), "white" (the high bound), "uniform" (noise drawn
     uniformly in the bounds; image i's noise is fixed by ``seed`` and ``first_image`` + i),
-    "blur" (the image blurred with a Gaussian of ``blur_sigma`` pixels), or an array in the
-    bounds of shape [H, W, C] (shared) or [N, H, W, C].
+    "blur" (the image blurred with a Gaussian of ``blur_sigma`` pixels), a number (every pixel
+    that value, e.g. 0.5 for mid-grey), or an array in the bounds of shape [H, W, C] (shared) or
+    [N, H, W, C].
     """
     low, high = classifier.bounds
     if isinstance(baseline, str):
@@ -83,9 +91,12 @@ def make_baseline(
         if baseline == "blur":
             return gaussian_blur(x, float(blur_sigma))
         raise InputError(
-            f"Unknown baseline {baseline!r}; use one of {BASELINE_KINDS} or an image array."
+            f"Unknown baseline {baseline!r}; use one of {BASELINE_KINDS}, a number or an "
+            "image array."
         )
     values = np.asarray(baseline, dtype=np.float32)
+    if values.ndim == 0:
+        values = np.full(tuple(x.shape), values, np.float32)
     if values.shape == tuple(x.shape[1:]):
         values = np.broadcast_to(values, tuple(x.shape))
     if values.shape != tuple(x.shape):

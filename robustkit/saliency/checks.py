@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from robustkit.errors import InputError
+from robustkit.gradients import all_layers
 from robustkit.models import Classifier
 from robustkit.saliency.attribution import Attribution
 from robustkit.saliency.baselines import DEFAULT_BLUR_SIGMA, make_baseline
@@ -30,8 +31,7 @@ from robustkit.saliency.engine import (
     sum_over_points,
     target_probability,
 )
-from robustkit.saliency.gradcam import all_layers
-from robustkit.saliency.methods import get_method
+from robustkit.saliency.registry import get_method
 from robustkit.saliency.render import reduce_channels
 
 TRUNCATION = 2.0  # randomized weights are normal draws cut at 2 standard deviations

@@ -17,10 +17,14 @@ import tensorflow as tf
 from robustkit.errors import InputError
 from robustkit.losses import LossFunction, class_logit
 from robustkit.models import Classifier
+from robustkit.saliency.attribution import Attribution
 
 PREDICTED = -1  # target code: explain the class the model predicts
 DEFAULT_INTERNAL_BATCH_SIZE = 64
 NOISE_BLOCK_ROWS = 16  # rows drawn per random call; fixed, so draws do not depend on chunking
+SCALAR_INT = tf.TensorSpec((), tf.int32)
+SCALAR_FLOAT = tf.TensorSpec((), tf.float32)
+SEED_SPECS = [tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int64)]  # seed, first_image
 
 
 def target_probability(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -55,6 +59,33 @@ def get_objective(objective: str | LossFunction) -> LossFunction:
 def objective_name(objective: str | LossFunction) -> str:
     """A JSON-able name for an objective."""
     return objective if isinstance(objective, str) else getattr(objective, "__name__", "callable")
+
+
+def common_options(objective: str | LossFunction, chunk: Any) -> dict[str, Any]:
+    """The options every method reports: the objective's name and the chunk size."""
+    return {"objective": objective_name(objective), "internal_batch_size": int(chunk)}
+
+
+def build_attribution(
+    method: str,
+    maps: Any,
+    logits: Any,
+    targets: Any,
+    score: Any,
+    options: dict[str, Any],
+    **extra: Any,
+) -> Attribution:
+    """An :class:`Attribution` from a compiled run's NumPy outputs: maps as float32, targets
+    and predictions (argmax of the logits [N, K]) as int64; ``extra`` fills optional fields."""
+    return Attribution(
+        maps=np.asarray(maps, np.float32),
+        target=np.asarray(targets).astype(np.int64),
+        predicted=np.argmax(logits, axis=-1),
+        method=method,
+        options=options,
+        score=score,
+        **extra,
+    )
 
 
 def check_classifier(classifier: Any) -> Classifier:
@@ -108,6 +139,20 @@ def fill_predicted(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Replace :data:`PREDICTED` codes by the argmax of the logits [N, K]."""
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
     return tf.where(targets == PREDICTED, predicted, targets)
+
+
+def explained(
+    classifier: Classifier,
+    objective: LossFunction,
+    x: tf.Tensor,
+    targets: tf.Tensor,
+    chunk_size: tf.Tensor,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """In the graph: logits [N, K] of x, the target codes [N] resolved (see
+    :func:`fill_predicted`) and the explained objective f(x) [N]."""
+    logits = chunked_logits(classifier, x, chunk_size)
+    targets = fill_predicted(targets, logits)
+    return logits, targets, objective(logits, targets)
 
 
 def sum_over_points(

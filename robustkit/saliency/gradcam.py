@@ -7,7 +7,7 @@ ordinary forward pass, so any model structure works: Sequential, functional, nes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from robustkit.errors import InputError
-from robustkit.gradients import activation_gradients
+from robustkit.gradients import activation_gradients, all_layers
 from robustkit.losses import LossFunction
 from robustkit.models import Classifier
 from robustkit.saliency.attribution import Attribution
@@ -38,15 +38,6 @@ CONV_LAYER_TYPES = (
     keras.layers.SeparableConv2D,
     keras.layers.Conv2DTranspose,
 )
-
-
-def all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
-    """Every layer of a model in order, descending into nested models (yielded before their
-    own layers)."""
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from all_layers(layer)
 
 
 def find_layer(
@@ -77,28 +68,46 @@ def find_layer(
     return matches[0]
 
 
-def _require_feature_map(layer: keras.layers.Layer, shape: Any) -> None:
+def require_feature_map(layer: keras.layers.Layer, shape: Any) -> None:
     """InputError unless the layer's output shape is [N, height, width, channels]."""
     if len(shape) != 4:
         raise InputError(
-            f"Layer {layer.name!r} outputs shape {tuple(shape)}; Grad-CAM needs "
+            f"Layer {layer.name!r} outputs shape {tuple(shape)}; class activation maps need "
             "[N, height, width, channels]. Choose a convolutional layer."
         )
 
 
-def _declared_output_shape(layer: keras.layers.Layer) -> Any:
-    """The layer's symbolic output shape, or None when it has no single one (e.g. a layer of
-    a subclassed model); the shape is then checked while the forward pass is traced."""
+def feature_map_layer(
+    classifier: Classifier, layer: str | keras.layers.Layer | None
+) -> keras.layers.Layer:
+    """:func:`find_layer`, checked to output a feature map where its shape is declared (a layer
+    of a subclassed model has none; its shape is then checked while the forward pass is
+    traced)."""
+    chosen = find_layer(check_classifier(classifier), layer)
     try:
-        return layer.output.shape
+        declared = chosen.output.shape
     except (AttributeError, ValueError):
-        return None
+        declared = None
+    if declared is not None:
+        require_feature_map(chosen, declared)
+    return chosen
+
+
+CamRule = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def grad_cam_rule(activation: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
+    """Grad-CAM's map before the ReLU: sum_k w_k A_k with w_k the spatial mean of d f / d A_k;
+    activation and gradient [B, h, w, K] -> [B, h, w, 1]."""
+    channel_weights = tf.reduce_mean(gradient, axis=(1, 2), keepdims=True)
+    return tf.reduce_sum(channel_weights * activation, -1, keepdims=True)
 
 
 def _cam_function(
-    classifier: Classifier, layer: keras.layers.Layer, objective: LossFunction
+    classifier: Classifier, layer: keras.layers.Layer, objective: LossFunction, rule: CamRule
 ) -> Any:
-    """Compiled ``(x, targets, chunk)`` -> (logits, targets, f(x), maps [N, H, W, 1])."""
+    """Compiled ``(x, targets, chunk)`` -> (logits, targets, f(x), maps [N, H, W, 1]): the
+    ReLU of ``rule(activation, gradient)`` upsampled bilinearly to the image size."""
     height, width, _ = classifier.input_shape
 
     def run(x, targets, chunk):
@@ -113,9 +122,8 @@ def _cam_function(
                 layer,
                 loss=objective,
             )
-            _require_feature_map(layer, result.activation.shape)
-            channel_weights = tf.reduce_mean(result.gradient, axis=(1, 2), keepdims=True)
-            cam = tf.nn.relu(tf.reduce_sum(channel_weights * result.activation, -1, keepdims=True))
+            require_feature_map(layer, result.activation.shape)
+            cam = tf.nn.relu(rule(result.activation, result.gradient))
             return (tf.image.resize(cam, (height, width), method="bilinear"),)
 
         n = tf.shape(x)[0]
@@ -128,6 +136,41 @@ def _cam_function(
         tf.TensorSpec((), tf.int32),
     ]
     return tf.function(run, input_signature=signature)
+
+
+def cam_attribution(
+    classifier: Classifier,
+    x: Any,
+    target: Any,
+    *,
+    method: str,
+    rule: CamRule,
+    layer: str | keras.layers.Layer | None,
+    objective: str | LossFunction,
+    internal_batch_size: int,
+) -> Attribution:
+    """The gradient CAM named ``method`` whose pre-ReLU map is ``rule``; arguments as for
+    :func:`grad_cam`."""
+    chosen = feature_map_layer(classifier, layer)
+    classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
+    function = compiled(
+        classifier,
+        (method, chosen, objective),
+        lambda: _cam_function(classifier, chosen, get_objective(objective), rule),
+    )
+    logits, targets, score, maps = (r.numpy() for r in function(x, targets, chunk))
+    return Attribution(
+        maps=maps,
+        target=targets.astype(np.int64),
+        predicted=np.argmax(logits, axis=-1),
+        method=method,
+        options={
+            "layer": chosen.name,
+            "objective": objective_name(objective),
+            "internal_batch_size": int(chunk),
+        },
+        score=score,
+    )
 
 
 def grad_cam(
@@ -151,27 +194,13 @@ def grad_cam(
         An :class:`Attribution` with maps [N, H, W, 1] (>= 0, objective units per activation
         unit), the chosen layer's name in ``options["layer"]``.
     """
-    classifier = check_classifier(classifier)
-    chosen = find_layer(classifier, layer)
-    declared = _declared_output_shape(chosen)
-    if declared is not None:
-        _require_feature_map(chosen, declared)
-    classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
-    function = compiled(
+    return cam_attribution(
         classifier,
-        ("grad_cam", chosen, objective),
-        lambda: _cam_function(classifier, chosen, get_objective(objective)),
-    )
-    logits, targets, score, maps = (r.numpy() for r in function(x, targets, chunk))
-    return Attribution(
-        maps=maps,
-        target=targets.astype(np.int64),
-        predicted=np.argmax(logits, axis=-1),
+        x,
+        target,
         method="grad_cam",
-        options={
-            "layer": chosen.name,
-            "objective": objective_name(objective),
-            "internal_batch_size": int(chunk),
-        },
-        score=score,
+        rule=grad_cam_rule,
+        layer=layer,
+        objective=objective,
+        internal_batch_size=internal_batch_size,
     )

@@ -1,6 +1,8 @@
-"""Gradient saliency: vanilla gradient, gradient × input, SmoothGrad and Integrated Gradients.
+"""Gradient saliency: vanilla gradient, gradient × input, guided backpropagation, SmoothGrad
+(and its SquareGrad and VarGrad aggregations) and Integrated Gradients.
 
-Every gradient comes from :func:`robustkit.gradients.input_gradients`. One call runs as one
+Every gradient comes from :func:`robustkit.gradients.input_gradients` (guided backpropagation:
+:func:`robustkit.gradients.guided_input_gradients`). One call runs as one
 ``tf.function``: a forward pass over the images (predictions, f(x)), then all
 images × steps (or samples) gradients in chunks of ``internal_batch_size`` (see
 :mod:`robustkit.saliency.engine`). The compiled function takes batches of any size, any number
@@ -15,74 +17,47 @@ import numpy as np
 import tensorflow as tf
 
 from robustkit.errors import InputError
-from robustkit.gradients import input_gradients
+from robustkit.gradients import guided_input_gradients, guided_relu_layers, input_gradients
 from robustkit.losses import LossFunction
 from robustkit.models import Classifier
 from robustkit.saliency.attribution import Attribution
 from robustkit.saliency.baselines import DEFAULT_BLUR_SIGMA, make_baseline
 from robustkit.saliency.engine import (
     DEFAULT_INTERNAL_BATCH_SIZE,
+    build_attribution,
+    check_classifier,
     chunked_logits,
+    common_options,
     compiled,
-    fill_predicted,
+    explained,
     get_objective,
     image_spec,
-    objective_name,
     positive_int,
     prepare_inputs,
     random_rows,
     sum_over_points,
 )
-from robustkit.saliency.gradcam import grad_cam
+from robustkit.saliency.quadrature import quadrature
 
-RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre")
 AGGREGATIONS = ("mean", "abs", "square", "vargrad")
 
 
-def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes alpha in [0, 1] and weights (summing to 1) of a rule for the integral over [0, 1].
-
-    Riemann rules use ``steps`` equal intervals (left, right or middle point of each);
-    ``riemann_trapezoid`` uses ``steps`` equally spaced nodes including both ends;
-    ``gauss_legendre`` uses the ``steps`` Gauss-Legendre nodes, exact for polynomials of
-    degree < 2 * steps. Returns float64 arrays [steps].
-    """
-    steps = positive_int(steps, "steps")
-    if rule == "riemann_left":
-        alphas = np.arange(steps) / steps
-    elif rule == "riemann_right":
-        alphas = np.arange(1, steps + 1) / steps
-    elif rule == "riemann_middle":
-        alphas = (np.arange(steps) + 0.5) / steps
-    elif rule == "riemann_trapezoid":
-        if steps < 2:
-            raise InputError("riemann_trapezoid needs steps >= 2 (both ends of the path).")
-        alphas = np.linspace(0.0, 1.0, steps)
-        weights = np.full(steps, 1.0 / (steps - 1))
-        weights[[0, -1]] /= 2
-        return alphas, weights
-    elif rule == "gauss_legendre":
-        nodes, weights = np.polynomial.legendre.leggauss(steps)
-        return (nodes + 1) / 2, weights / 2
-    else:
-        raise InputError(f"Unknown integration rule {rule!r}; use one of {RULES}.")
-    return alphas, np.full(steps, 1.0 / steps)
-
-
-def _path_function(classifier: Classifier, objective: LossFunction, baseline_score: bool) -> Any:
+def _path_function(
+    classifier: Classifier, objective: LossFunction, baseline_score: bool, guided: bool
+) -> Any:
     """Compiled ``(x, baseline, alphas, weights, targets, chunk)`` ->
-    (logits, targets, f(x), f(baseline) or zeros, sum_j w_j grad f(x' + alpha_j (x - x')))."""
+    (logits, targets, f(x), f(baseline) or zeros, sum_j w_j grad f(x' + alpha_j (x - x'))),
+    with guided-backpropagation gradients when ``guided``."""
+    taped_gradients = guided_input_gradients if guided else input_gradients
 
     def run(x, baseline, alphas, weights, targets, chunk):
-        logits = chunked_logits(classifier, x, chunk)
-        targets = fill_predicted(targets, logits)
-        score = objective(logits, targets)
+        logits, targets, score = explained(classifier, objective, x, targets, chunk)
 
         def contributions(image_index, step_index):
             start = tf.gather(baseline, image_index)
             alpha = tf.reshape(tf.gather(alphas, step_index), (-1, 1, 1, 1))
             point = start + alpha * (tf.gather(x, image_index) - start)
-            gradient = input_gradients(
+            gradient = taped_gradients(
                 classifier, point, tf.gather(targets, image_index), loss=objective
             ).gradient
             return (tf.reshape(tf.gather(weights, step_index), (-1, 1, 1, 1)) * gradient,)
@@ -115,8 +90,7 @@ def _noise_function(classifier: Classifier, objective: LossFunction) -> Any:
     of image i is fixed by the seed and row (first_image + i) * samples + j."""
 
     def run(x, sigma, samples, seed, first_image, targets, chunk):
-        logits = chunked_logits(classifier, x, chunk)
-        targets = fill_predicted(targets, logits)
+        logits, targets, score = explained(classifier, objective, x, targets, chunk)
 
         def contributions(image_index, sample_index):
             image_number = first_image + tf.cast(image_index, tf.int64)
@@ -134,7 +108,7 @@ def _noise_function(classifier: Classifier, objective: LossFunction) -> Any:
 
         zeros = tf.zeros_like(x)
         sums = sum_over_points(tf.shape(x)[0], samples, chunk, contributions, (zeros, zeros, zeros))
-        return (logits, targets, objective(logits, targets), *sums)
+        return (logits, targets, score, *sums)
 
     signature = [
         image_spec(classifier),
@@ -158,11 +132,12 @@ def _integrate(
     chunk: tf.Tensor,
     objective: str | LossFunction,
     baseline_score: bool,
+    guided: bool = False,
 ) -> tuple[np.ndarray, ...]:
     function = compiled(
         classifier,
-        ("path", objective, baseline_score),
-        lambda: _path_function(classifier, get_objective(objective), baseline_score),
+        ("path", objective, baseline_score, guided),
+        lambda: _path_function(classifier, get_objective(objective), baseline_score, guided),
     )
     results = function(
         x,
@@ -173,10 +148,6 @@ def _integrate(
         chunk,
     )
     return tuple(r.numpy() for r in results)
-
-
-def _common_options(objective: Any, internal_batch_size: int) -> dict[str, Any]:
-    return {"objective": objective_name(objective), "internal_batch_size": internal_batch_size}
 
 
 def gradient(
@@ -201,18 +172,55 @@ def gradient(
     Returns:
         An :class:`Attribution` whose maps [N, H, W, C] are objective units per pixel unit.
     """
+    return _single_gradient(classifier, x, target, objective, internal_batch_size, guided=False)
+
+
+def _single_gradient(
+    classifier: Classifier,
+    x: Any,
+    target: Any,
+    objective: str | LossFunction,
+    internal_batch_size: int,
+    guided: bool,
+) -> Attribution:
+    """The vanilla (or guided-backpropagation) gradient at x, as an Attribution."""
     classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
     logits, targets, score, _, gradients = _integrate(
-        classifier, x, tf.zeros_like(x), np.ones(1), np.ones(1), targets, chunk, objective, False
+        classifier,
+        x,
+        tf.zeros_like(x),
+        np.ones(1),
+        np.ones(1),
+        targets,
+        chunk,
+        objective,
+        baseline_score=False,
+        guided=guided,
     )
-    return Attribution(
-        maps=gradients,
-        target=targets.astype(np.int64),
-        predicted=np.argmax(logits, axis=-1),
-        method="gradient",
-        options=_common_options(objective, int(chunk)),
-        score=score,
-    )
+    method = "guided_backprop" if guided else "gradient"
+    options = common_options(objective, chunk)
+    return build_attribution(method, gradients, logits, targets, score, options)
+
+
+def guided_backprop(
+    classifier: Classifier,
+    x: Any,
+    target: Any = None,
+    *,
+    objective: str | LossFunction = "logit",
+    internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
+) -> Attribution:
+    """Guided backpropagation (Springenberg et al. 2015): the gradient with every ReLU layer
+    passing back only positive gradients at positive activations (see
+    :func:`robustkit.gradients.guided_input_gradients`); arguments as for :func:`gradient`.
+
+    Beware: guided backpropagation fails the model-randomization sanity check (Adebayo et al.
+    2018): its maps barely change when the upper layers' weights are randomized, because they
+    mostly reconstruct the image (edges) rather than explain the class. Needs a Keras model
+    with ReLU layers.
+    """
+    guided_relu_layers(check_classifier(classifier))  # fail early, before tracing
+    return _single_gradient(classifier, x, target, objective, internal_batch_size, guided=True)
 
 
 def gradient_x_input(
@@ -295,7 +303,7 @@ def smoothgrad(
         "aggregation": aggregation,
         "seed": int(seed),
         "first_image": int(first_image),
-        **_common_options(objective, int(chunk)),
+        **common_options(objective, chunk),
     }
     return Attribution(
         maps=maps.astype(np.float32),
@@ -354,7 +362,7 @@ def integrated_gradients(
         "rule": rule,
         **({"blur_sigma": float(blur_sigma)} if kind == "blur" else {}),
         **({"seed": int(seed), "first_image": int(first_image)} if kind == "uniform" else {}),
-        **_common_options(objective, int(chunk)),
+        **common_options(objective, chunk),
     }
     return Attribution(
         maps=maps,
@@ -368,39 +376,17 @@ def integrated_gradients(
     )
 
 
-METHODS = {
-    "gradient": gradient,
-    "gradient_x_input": gradient_x_input,
-    "smoothgrad": smoothgrad,
-    "integrated_gradients": integrated_gradients,
-    "grad_cam": grad_cam,
-}
-METHOD_ALIASES = {
-    "ig": "integrated_gradients",
-    "gradxinput": "gradient_x_input",
-    "gradcam": "grad_cam",
-}
+def square_grad(classifier: Classifier, x: Any, target: Any = None, **options: Any) -> Attribution:
+    """SquareGrad (Hooker et al. 2019, "SmoothGrad-Squared"): the mean of g² over noisy copies,
+    i.e. :func:`smoothgrad` with ``aggregation="square"``; options as for :func:`smoothgrad`."""
+    result = smoothgrad(classifier, x, target, aggregation="square", **options)
+    result.method = "square_grad"
+    return result
 
 
-def get_method(method: str | Any) -> Any:
-    """The attribution function for a name in :data:`METHODS` or :data:`METHOD_ALIASES`, or the
-    given callable ``(classifier, x, target, **options) -> Attribution``."""
-    if callable(method):
-        return method
-    name = METHOD_ALIASES.get(method, method)
-    if name not in METHODS:
-        known = sorted([*METHODS, *METHOD_ALIASES])
-        raise InputError(f"Unknown saliency method {method!r}; use one of {known}.")
-    return METHODS[name]
-
-
-def attribute(
-    classifier: Classifier,
-    x: Any,
-    method: str = "integrated_gradients",
-    target: Any = None,
-    **options: Any,
-) -> Attribution:
-    """Run the named method (see :data:`METHODS`, aliases "ig", "gradxinput", "gradcam") with
-    its keyword options."""
-    return get_method(method)(classifier, x, target, **options)
+def vargrad(classifier: Classifier, x: Any, target: Any = None, **options: Any) -> Attribution:
+    """VarGrad (Adebayo et al. 2018): the variance of g over noisy copies, i.e.
+    :func:`smoothgrad` with ``aggregation="vargrad"``; options as for :func:`smoothgrad`."""
+    result = smoothgrad(classifier, x, target, aggregation="vargrad", **options)
+    result.method = "vargrad"
+    return result
