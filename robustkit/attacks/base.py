@@ -181,7 +181,7 @@ class Attack:
             logits = classifier.logits(x)
             success = is_success(logits, labels, targeted)
             objective = self.objective(logits, labels, targeted)
-            return keep_best(state, tf.range(tf.shape(x)[0]), x, logits, objective, success)
+            return keep_best(state, None, x, logits, objective, success)
 
         return tf.cond(tf.shape(x)[0] > 0, judge, lambda: state)
 

@@ -171,7 +171,8 @@ class PGD(Attack):
                 classifier, x_now, labels_now, loss=self._loss_function, targeted=targeted
             )
             success = is_success(logits, labels_now, targeted)
-            state = keep_best(count_step(state, index), index, x_now, logits, loss, success)
+            rows = index if self.early_stop else None  # full budget: every row, in order
+            state = keep_best(count_step(state, rows), rows, x_now, logits, loss, success)
             if self.early_stop:
                 index, x_clean, x_now, labels_now, gradient = compact(
                     ~success, index, x_clean, x_now, labels_now, gradient
@@ -186,7 +187,8 @@ class PGD(Attack):
             logits = classifier.logits(x_now)
             objective = self.objective(logits, labels_now, targeted)
             success = is_success(logits, labels_now, targeted)
-            return keep_best(state, index, x_now, logits, objective, success)
+            rows = index if self.early_stop else None
+            return keep_best(state, rows, x_now, logits, objective, success)
 
         # Some kernels reject empty batches, so an empty active set skips the forward pass.
         return tf.cond(tf.size(index) > 0, judge_last_iterate, lambda: state)

@@ -47,33 +47,44 @@ def is_success(logits: tf.Tensor, labels: tf.Tensor, targeted: bool) -> tf.Tenso
 
 def keep_best(
     state: SearchState,
-    index: tf.Tensor,
+    index: tf.Tensor | None,
     x_now: tf.Tensor,
     logits: tf.Tensor,
     objective: tf.Tensor,
     success: tf.Tensor,
 ) -> SearchState:
     """``state`` with the rows ``index`` [m] replaced where the new iterate x_now [m, ...] is
-    better: adversarial where the best was not, or as adversarial and a higher objective."""
-    best_success = tf.gather(state.success, index)
-    best_loss = tf.gather(state.loss, index)
-    better = (success & ~best_success) | ((success == best_success) & (objective > best_loss))
-    where = tf.boolean_mask(index, better)[:, None]
+    better: adversarial where the best was not, or as adversarial and a higher objective.
 
-    def scatter(old: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
-        return tf.tensor_scatter_nd_update(old, where, tf.boolean_mask(new, better))
+    ``index`` None means every row in order (m = N): a dense select, no gather or scatter, for
+    attacks that run at full budget."""
+    best_success = state.success if index is None else tf.gather(state.success, index)
+    best_loss = state.loss if index is None else tf.gather(state.loss, index)
+    better = (success & ~best_success) | ((success == best_success) & (objective > best_loss))
+    if index is None:
+
+        def update(old: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
+            return tf.where(broadcast_rows(better, new), new, old)
+
+    else:
+        where = tf.boolean_mask(index, better)[:, None]
+
+        def update(old: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
+            return tf.tensor_scatter_nd_update(old, where, tf.boolean_mask(new, better))
 
     return SearchState(
-        x=scatter(state.x, x_now),
-        logits=scatter(state.logits, logits),
-        loss=scatter(state.loss, objective),
-        success=scatter(state.success, success),
+        x=update(state.x, x_now),
+        logits=update(state.logits, logits),
+        loss=update(state.loss, objective),
+        success=update(state.success, success),
         steps=state.steps,
     )
 
 
-def count_step(state: SearchState, index: tf.Tensor) -> SearchState:
-    """One more evaluation spent on each example in ``index``."""
+def count_step(state: SearchState, index: tf.Tensor | None) -> SearchState:
+    """One more evaluation spent on each example in ``index`` (None: on every example)."""
+    if index is None:
+        return state._replace(steps=state.steps + 1)
     ones = tf.ones_like(index)
     return state._replace(steps=tf.tensor_scatter_nd_add(state.steps, index[:, None], ones))
 
