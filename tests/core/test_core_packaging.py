@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
-import tomllib
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (CI's); 3.10 has no TOML reader
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
