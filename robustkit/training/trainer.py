@@ -132,7 +132,8 @@ class AdversarialTrainer:
         self.validation_attack = validation_attack
         strategy = tf.distribute.get_strategy()
         evaluation_strategy = strategy if tf.distribute.has_strategy() else None
-        self._validator = Validator(
+        # measures the val_* metrics and the guard's accuracy, under the trainer's strategy
+        self.validator = Validator(
             self.classifier, validation_attack, attack.norm, strategy=evaluation_strategy, seed=seed
         )
         weights = list(self.classifier.model.weights)
@@ -160,7 +161,7 @@ class AdversarialTrainer:
                     weights + list(optimizer.variables), overfit_guard, guard_drop, max_rollbacks
                 )
         if self.guard is not None:  # the training attack at the validation radius
-            own = training_attack(attack, method, self._validator.norm.eps)
+            own = training_attack(attack, method, self.validator.norm.eps)
             self._guard_validator = Validator(
                 self.classifier, own, own.norm, strategy=evaluation_strategy, seed=seed
             )
@@ -185,14 +186,14 @@ class AdversarialTrainer:
         per-example random keys, so repeated evaluations of the same weights give the same
         numbers, whatever ``batch_size`` (examples per compiled chunk).
         """
-        validator = self._validator
+        validator = self.validator
         if attack is not None or batch_size != validator.executor.chunk_size:
             validator = Validator(
                 self.classifier,
                 self.validation_attack if attack is None else attack,
                 self.attack.norm,
                 strategy=validator.executor.strategy,
-                seed=validator.seed,
+                seed=self.seed,
                 batch_size=batch_size,
             )
         return validator.measure(x, y)
@@ -358,14 +359,14 @@ class AdversarialTrainer:
 
     def _validate(self, data: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
         """The ``val_*`` metrics of this epoch's weights."""
-        return {f"val_{name}": value for name, value in self._validator.measure(*data).items()}
+        return {f"val_{name}": value for name, value in self.validator.measure(*data).items()}
 
     def _check_guard(
         self, epoch: int, data: tuple[np.ndarray, np.ndarray], history: TrainingHistory
     ) -> tuple[dict[str, float], str | None]:
         """Attack the guard batch with both attacks and let the guard decide; its logs and
         the reason to stop (None to carry on)."""
-        accuracy = self._validator.measure(*data)["adv_accuracy"]
+        accuracy = self.validator.measure(*data)["adv_accuracy"]
         own = self._guard_validator.measure(*data)["adv_accuracy"]
         decision = self.guard.on_epoch_end(accuracy, own)
         logs = {

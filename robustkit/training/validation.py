@@ -73,7 +73,7 @@ class Validator:
         if isinstance(attack, Attack):
             self.norm, self.seed = attack.norm, attack.seed
             entries: Sequence[Attack | SuiteAttack] = [attack]
-        elif isinstance(attack, Sequence) and attack:
+        elif isinstance(attack, Sequence) and not isinstance(attack, str) and attack:
             self.norm, self.seed = norm, int(seed)
             entries = attack
         else:

@@ -123,6 +123,7 @@ def test_patience_stops_training() -> None:
     )
     history = trainer.fit((X, Y), 10, validation=(X_VAL, Y_VAL), batch_size=48)
     assert history.epoch == [0, 1, 2] and history.stop_reason == "patience"
+    assert (trainer.early_stopping.best_epoch, trainer.early_stopping.stopped_epoch) == (0, 2)
 
 
 class Collapse(keras.callbacks.Callback):

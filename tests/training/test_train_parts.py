@@ -1,4 +1,4 @@
-"""Schedules, history, batching and the progress callback (no training)."""
+"""Schedules, history, batching, checkpoints and the progress callback (no training)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from training_helpers import blobs, small_cnn
 
-from robustkit.errors import InputError
+from robustkit.errors import InputError, OutputExistsError
 from robustkit.models import Classifier
 from robustkit.training import PiecewiseLinear, ProgressLogger, TrainingHistory, eps_ramp
+from robustkit.training.checkpoints import TrainingCheckpoints
 from robustkit.training.data import Batches
 
 
@@ -89,3 +91,22 @@ def test_progress_logger_writes_steps_and_an_epoch_summary() -> None:
     summary = text.rsplit("\r", 1)[-1]
     assert summary.startswith("epoch 2/3") and "loss 0.25  adv_accuracy 0.5" in summary
     assert "not_shown" not in summary and summary.endswith("\n")
+
+
+def test_checkpoints_resume_refuse_to_overwrite_and_refuse_a_mismatch(tmp_path) -> None:
+    state = tf.Module()
+    state.values = tf.Variable([1.0, 2.0, 3.0])
+    checkpoints = TrainingCheckpoints(str(tmp_path), {"state": state})
+    assert checkpoints.latest is None and not checkpoints.restore(resume=True)
+    path = checkpoints.save(4)
+    assert path.endswith("ckpt-4") and checkpoints.latest == path
+    state.values.assign([0.0, 0.0, 0.0])
+    with pytest.raises(OutputExistsError, match="resume=True"):
+        TrainingCheckpoints(str(tmp_path), {"state": state}).restore(resume=False)
+    assert state.values.numpy().tolist() == [0.0, 0.0, 0.0]  # nothing loaded or overwritten
+    assert TrainingCheckpoints(str(tmp_path), {"state": state}).restore(resume=True)
+    assert state.values.numpy().tolist() == [1.0, 2.0, 3.0]
+    other = tf.Module()
+    other.values = tf.Variable([1.0, 2.0])
+    with pytest.raises(InputError, match="does not match"):
+        TrainingCheckpoints(str(tmp_path), {"state": other}).restore(resume=True)

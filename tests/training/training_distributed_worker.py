@@ -37,7 +37,8 @@ def optimizer(name: str) -> keras.optimizers.Optimizer:
 
 def train(
     strategy: tf.distribute.Strategy, optimizer_name: str
-) -> tuple[list[np.ndarray], dict[str, list[float]]]:
+) -> tuple[list[np.ndarray], dict[str, list[float]], int]:
+    """Final weights, history, and the replicas validation ran on."""
     with strategy.scope():
         model = small_cnn(seed=11)
         trainer = AdversarialTrainer(
@@ -49,7 +50,7 @@ def train(
             restore_best=False,
         )
         history = trainer.fit((X, Y), 3, validation=(X_VAL, Y_VAL), batch_size=16)
-    return weights_of(model), history.history
+    return weights_of(model), history.history, trainer.validator.executor.replicas
 
 
 def main() -> None:
@@ -61,9 +62,10 @@ def main() -> None:
     initial = weights_of(small_cnn(seed=11))
     report = {"replicas": mirrored.num_replicas_in_sync}
     for name in ("sgd", "clipped_noisy"):
-        one_weights, one_history = train(tf.distribute.OneDeviceStrategy("/cpu:0"), name)
-        two_weights, two_history = train(mirrored, name)
+        one_weights, one_history, _ = train(tf.distribute.OneDeviceStrategy("/cpu:0"), name)
+        two_weights, two_history, validation_replicas = train(mirrored, name)
         report[name] = {
+            "validation_replicas": validation_replicas,
             "weight_difference": max(
                 float(np.max(np.abs(a - b))) for a, b in zip(one_weights, two_weights, strict=True)
             ),
