@@ -3,7 +3,8 @@
 Methods return an :class:`Attribution` and are reached by name through :func:`attribute`
 (see :data:`METHODS`); :mod:`robustkit.saliency.render` turns maps into Pillow images and PNGs;
 :mod:`robustkit.saliency.checks` holds the randomization test and the deletion/insertion
-curves.
+curves, :mod:`robustkit.saliency.metrics` and :mod:`robustkit.saliency.road` the faithfulness,
+robustness and complexity metrics.
 """
 
 from robustkit.saliency.attribution import Attribution
@@ -29,6 +30,14 @@ from robustkit.saliency.methods import (
     square_grad,
     vargrad,
 )
+from robustkit.saliency.metrics import (
+    MetricResult,
+    complexity,
+    mu_fidelity,
+    random_logit,
+    sparseness,
+    stability,
+)
 from robustkit.saliency.perturbation import occlusion, rise
 from robustkit.saliency.quadrature import RULES, quadrature
 from robustkit.saliency.registry import METHOD_ALIASES, METHODS, attribute, get_method
@@ -42,6 +51,7 @@ from robustkit.saliency.render import (
     save,
     scale_map,
 )
+from robustkit.saliency.road import RoadCurves, noisy_linear_imputation, road
 
 __all__ = [
     "AGGREGATIONS",
@@ -53,9 +63,12 @@ __all__ = [
     "RULES",
     "VIEWS",
     "Attribution",
+    "MetricResult",
     "PerturbationCurves",
     "RandomizationResult",
+    "RoadCurves",
     "attribute",
+    "complexity",
     "deletion_insertion",
     "find_layer",
     "gaussian_blur",
@@ -71,18 +84,24 @@ __all__ = [
     "layer_cam",
     "lime",
     "make_baseline",
+    "mu_fidelity",
+    "noisy_linear_imputation",
     "occlusion",
     "overlay",
     "panel",
     "quadrature",
+    "random_logit",
     "randomization_check",
     "reduce_channels",
     "rise",
+    "road",
     "save",
     "scale_map",
     "score_cam",
     "smoothgrad",
+    "sparseness",
     "spearman",
     "square_grad",
+    "stability",
     "vargrad",
 ]

@@ -16,15 +16,18 @@ class Attribution:
     Attributes:
         maps: float32 [N, H, W, C] attribution per input pixel and channel, in units of the
             objective per unit of pixel value (gradients), or of the objective (IG,
-            gradient × input); Grad-CAM gives [N, H, W, 1].
+            gradient × input); the CAM family and the perturbation methods (occlusion, RISE,
+            KernelSHAP, LIME) give [N, H, W, 1].
         target: int64 [N] the class each map explains.
         predicted: int64 [N] the class the model predicts for each image.
         method: the method's name ("integrated_gradients", "smoothgrad", ...).
         options: every option the method ran with, JSON-able.
         score: float [N] the explained objective f(x) (e.g. the target's logit) at the image.
-        baseline_score: float [N] f(x') at the baseline (integrated gradients only).
-        delta: float [N] completeness error ``sum(maps) - (f(x) - f(x'))`` (integrated
-            gradients only; tends to 0 as the number of steps grows).
+        baseline_score: float [N] f(x') at the baseline (integrated gradients, KernelSHAP,
+            ScoreCAM).
+        delta: float [N] completeness error ``sum(attributions) - (f(x) - f(x'))``
+            (integrated gradients: tends to 0 as the number of steps grows; KernelSHAP: the
+            sum over features, 0 up to rounding).
     """
 
     maps: np.ndarray

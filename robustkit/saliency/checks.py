@@ -238,6 +238,37 @@ class PerturbationCurves:
         }
 
 
+def checked_maps(
+    classifier: Classifier, x: Any, attribution: Attribution | Any, target: Any, chunk: Any
+) -> tuple[Classifier, tf.Tensor, np.ndarray, tf.Tensor, tf.Tensor]:
+    """Checked classifier, images [N, H, W, C], maps [N, H, W, C'] (from an
+    :class:`Attribution` or an array), the classes they explain int32 [N] and the chunk size.
+
+    The classes are ``target`` if given, else the attribution's targets, else (plain maps) the
+    predicted classes.
+    """
+    if target is None and isinstance(attribution, Attribution):
+        target = attribution.target
+    classifier, x, targets, chunk = prepare_inputs(classifier, x, target, chunk)
+    maps = attribution.maps if isinstance(attribution, Attribution) else np.asarray(attribution)
+    n, height, width = (int(d) for d in x.shape[:3])
+    if maps.ndim != 4 or maps.shape[:3] != (n, height, width):
+        raise InputError(f"The maps must be [{n}, {height}, {width}, C], got {maps.shape}.")
+    if target is None:
+        targets = tf.constant(np.argmax(classifier.predict_logits(x), axis=-1), tf.int32)
+    return classifier, x, maps, targets, chunk
+
+
+def salience_ranks(maps: np.ndarray, reduction: str) -> np.ndarray:
+    """int32 [N, H * W]: each pixel's rank by its channel-reduced map (0 = most salient; ties
+    in reading order)."""
+    saliency = reduce_channels(maps, reduction).reshape(len(maps), -1)
+    order = np.argsort(-saliency, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(order.shape[1])[None, :], axis=1)
+    return ranks.astype(np.int32)
+
+
 def _curve_function(classifier: Classifier) -> Any:
     """Compiled ``(image, substrate, ranks, counts, targets, chunk)`` -> probabilities [N, S+1]:
     at step s the pixels ranked below counts[s] are taken from the substrate."""
@@ -308,20 +339,12 @@ def deletion_insertion(
         deletion_baseline, insertion_baseline: substrates, as the IG baselines ("black",
             "white", "uniform", "blur" or an array).
     """
-    if target is None and isinstance(attribution, Attribution):
-        target = attribution.target
-    classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
-    maps = attribution.maps if isinstance(attribution, Attribution) else np.asarray(attribution)
-    n, height, width = (int(d) for d in x.shape[:3])
-    if maps.ndim != 4 or maps.shape[:3] != (n, height, width):
-        raise InputError(f"The maps must be [{n}, {height}, {width}, C], got {maps.shape}.")
+    classifier, x, maps, targets, chunk = checked_maps(
+        classifier, x, attribution, target, internal_batch_size
+    )
+    height, width = (int(d) for d in x.shape[1:3])
     steps = positive_int(steps, "steps")
-    if target is None:
-        targets = tf.constant(np.argmax(classifier.predict_logits(x), axis=-1), tf.int32)
-    saliency = reduce_channels(maps, reduction).reshape(n, -1)
-    order = np.argsort(-saliency, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(order.shape[1])[None, :], axis=1)
+    ranks = salience_ranks(maps, reduction)
     pixels = height * width
     counts = np.rint(np.linspace(0, pixels, steps + 1)).astype(np.int32)
     function = compiled(classifier, "curves", lambda: _curve_function(classifier))
