@@ -126,8 +126,9 @@ def _patch_layer_calls(
 
         try:
             for layer in layers:
-                saved.append((layer, "call" in vars(layer), layer.call))
-                layer.call = patched(layer, layer.call)
+                patched_before, original_call = "call" in vars(layer), layer.call
+                layer.call = patched(layer, original_call)
+                saved.append((layer, patched_before, original_call))
             yield
         finally:
             for layer, patched_before, original_call in reversed(saved):

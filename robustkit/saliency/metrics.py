@@ -32,6 +32,7 @@ from robustkit.saliency.engine import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     SCALAR_INT,
     SEED_SPECS,
+    check_classifier,
     common_options,
     compiled,
     explained,
@@ -257,6 +258,7 @@ def stability(
         the max sensitivity in ``extra["max_sensitivity"]``.
     """
     attribute = get_method(method)
+    classifier = check_classifier(classifier)
     samples = positive_int(samples, "samples")
     if not float(radius) > 0:
         raise InputError(f"radius must be a fraction of the input range > 0, got {radius!r}.")
@@ -360,7 +362,7 @@ def random_logit(
         ``extra["random_target"]``.
     """
     attribute = get_method(method)
-    if classifier.num_classes < 2:
+    if check_classifier(classifier).num_classes < 2:
         raise InputError("The random-logit test needs a model with at least 2 classes.")
     original = attribute(classifier, x, target, **method_options)
     images = tf.range(len(original), dtype=tf.int64) + int(first_image)
