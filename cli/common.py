@@ -54,6 +54,20 @@ class NumberType(click.ParamType):
             self.fail(f"{value!r} is not a number (write e.g. 0.3 or 8/255).", param, ctx)
 
 
+class SizeType(click.ParamType):
+    """HEIGHTxWIDTH in pixels, e.g. 224x224."""
+
+    name = "HxW"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).lower().split("x")
+        if len(parts) != 2 or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+            self.fail(f"{value!r} is not HEIGHTxWIDTH in pixels (e.g. 224x224)", param, ctx)
+        return int(parts[0]), int(parts[1])
+
+
 class NumbersType(click.ParamType):
     """Comma-separated numbers, one per channel: ``0.485,0.456,0.406``."""
 
@@ -70,6 +84,7 @@ class NumbersType(click.ParamType):
 
 NUMBER = NumberType()
 NUMBERS = NumbersType()
+SIZE = SizeType()
 
 # ----------------------------------------------------------------------------- the console
 
@@ -225,6 +240,12 @@ model_options = option_group(
         help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406.",
     ),
     click.option("--std", type=NUMBERS, help="Per-channel std divided by after the mean."),
+    click.option(
+        "--input-size",
+        type=SIZE,
+        help="HEIGHTxWIDTH to run a model whose input size is undefined (None, None, C) at, "
+        "e.g. 224x224; add --resize for images of other sizes.",
+    ),
 )
 
 image_options = option_group(

@@ -227,7 +227,7 @@ class Classifier:
         if shape is None or any(d is None for d in shape):
             raise InputError(
                 f"Cannot tell the model's image shape (got {shape!r}); pass "
-                "input_shape=(height, width, channels) to Classifier (CLI: --resize HxW)."
+                "input_shape=(height, width, channels) to Classifier (CLI: --input-size HxW)."
             )
         return tuple(int(d) for d in shape)  # type: ignore[return-value]
 
@@ -361,10 +361,22 @@ def load_classifier(
     custom_objects: dict[str, Any] | None = None,
     **classifier_options: Any,
 ) -> Classifier:
-    """Load a ``.keras`` or ``.h5`` model file as a :class:`Classifier`.
+    """Load a ``.keras`` or ``.h5`` model file (:func:`load_keras_model`) as a
+    :class:`Classifier`; ``classifier_options`` go to :class:`Classifier` (bounds,
+    preprocessing, output, input_shape, ...)."""
+    model = load_keras_model(path, safe_mode=safe_mode, custom_objects=custom_objects)
+    return Classifier(model, **classifier_options)
 
-    ``safe_mode`` stays on unless the caller explicitly turns it off; ``classifier_options`` go
-    to :class:`Classifier` (bounds, preprocessing, output, ...).
+
+def load_keras_model(
+    path: str | os.PathLike[str],
+    *,
+    safe_mode: bool = True,
+    custom_objects: dict[str, Any] | None = None,
+) -> keras.Model:
+    """Load a ``.keras`` or ``.h5`` model file, uncompiled.
+
+    ``safe_mode`` stays on unless the caller explicitly turns it off.
 
     Raises:
         ModelNotFoundError: the path does not exist.
@@ -399,4 +411,4 @@ def load_classifier(
         if isinstance(error, (OSError, ValueError)) and "signature" in message.lower():
             raise NotAModelError(f"{path!r} is not a Keras model file: {message}") from error
         raise ModelLoadError(f"Could not load {path!r}: {message}") from error
-    return Classifier(model, **classifier_options)
+    return model

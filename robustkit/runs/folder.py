@@ -203,6 +203,7 @@ class FolderRun:
         """Everything a resumed run must share: model, images, how they are read, the run's."""
         return {
             "model_weights_sha256": weights_digest(self.classifier),
+            "input_shape": list(self.classifier.input_shape),
             "preprocessing": self.classifier.preprocessing.to_dict(),
             "images": str(Path(self.inputs.images).resolve()),
             **self.inputs.image_options.to_dict(),

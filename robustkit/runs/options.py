@@ -19,7 +19,7 @@ import numpy as np
 
 from robustkit.errors import InputError
 from robustkit.io import ImageFolder
-from robustkit.models import Classifier, Preprocessing, load_classifier
+from robustkit.models import Classifier, Preprocessing, load_keras_model
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,15 @@ class ModelOptions:
         input_scale: the model expects pixels times this (255 for 0..255 inputs); in-graph.
         mean: per-channel mean subtracted after scaling, or None.
         std: per-channel std divided by after the mean, or None.
+        input_size: (height, width) in pixels to run a model whose input size is undefined
+            (``(None, None, C)``) at; images of other sizes then need a resize method.
     """
 
     unsafe_load: bool = False
     input_scale: float = 1.0
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
+    input_size: tuple[int, int] | None = None
 
     def preprocessing(self) -> Preprocessing:
         """The in-graph preprocessing these options describe."""
@@ -122,10 +125,12 @@ def load_model(model: ModelSource, options: ModelOptions | None = None) -> Class
             logger.warning(
                 "unsafe loading is on: the model file may run code. Only use trusted files."
             )
-        return load_classifier(
-            model, safe_mode=not options.unsafe_load, preprocessing=options.preprocessing()
-        )
-    return Classifier(model, preprocessing=options.preprocessing())
+        model = load_keras_model(model, safe_mode=not options.unsafe_load)
+    input_shape = None
+    if options.input_size is not None:
+        channels = getattr(model, "input_shape", (None,))[-1]
+        input_shape = (*options.input_size, channels)
+    return Classifier(model, preprocessing=options.preprocessing(), input_shape=input_shape)
 
 
 def describe_model(model: ModelSource, classifier: Classifier) -> str:

@@ -530,3 +530,28 @@ def test_attack_options_reach_the_attack_and_the_ball_holds(tmp_path, models, ar
     distance = np.abs(delta).max(axis=1) if norm == "linf" else np.linalg.norm(delta, axis=1)
     assert np.all(distance <= eps + 1e-6)
     np.testing.assert_allclose([r[norm] for r in data["images"]], distance, atol=1e-6)
+
+
+def test_a_model_of_undefined_input_size_runs_at_the_given_size(tmp_path):
+    """A (None, None, 3) model is refused with the fix named; with --input-size and --resize it
+    attacks RGB images of several sizes at that size, and the saved PNGs re-classify as
+    reported by the model run at that size."""
+    keras.utils.set_random_seed(3)
+    image = keras.Input((None, None, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(image))
+    model_path = save(keras.Model(image, keras.layers.Dense(3)(pooled)), tmp_path / "any.keras")
+    write_images(tmp_path / "in", ["a.png", "b.jpg"], size=(13, 9), mode="RGB")
+    write_images(tmp_path / "in", ["c.png"], size=(6, 20), mode="RGB", seed=1)
+    refused = invoke(model_path, tmp_path / "in", *FAST, "--out", tmp_path / "o")
+    assert refused.exit_code == 2 and "--input-size" in refused.stderr
+    result = invoke(
+        model_path, tmp_path / "in", *FAST, "--input-size", "10x12", "--resize", "bilinear",
+        "--out", tmp_path / "o",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = report(tmp_path / "o")["images"]
+    assert all(Image.open(tmp_path / "o" / r["output"]).size == (12, 10) for r in rows)
+    adv = predictions(model_path, saved_pixels(tmp_path / "o", rows, 3), input_shape=(10, 12, 3))
+    assert adv.tolist() == [r["adv_pred"] for r in rows]
+    bad = invoke(model_path, tmp_path / "in", "--input-size", "10by12", "--out", tmp_path / "p")
+    assert bad.exit_code == 2 and "HEIGHTxWIDTH" in bad.output
