@@ -1,9 +1,23 @@
-"""Composable gradient transforms: small pieces applied in order to the list of gradients.
+"""Gradient transforms with explicit state, and the stateless ones: clipping, noise, freezing.
 
-Each transform maps ``(gradients, variables, context) -> gradients`` inside the optimizer's
-compiled step; :class:`~robustkit.optimizers.Transformed` runs them in the order given and owns
-their state (the step count and the noise seed in :class:`StepContext`). Gradients are dense
-float tensors shaped like their variables, already summed over replicas.
+A transform is a pair of functions in the manner of Optax's ``GradientTransformation``:
+
+- ``init(variables) -> state``: the transform's initial state for these model variables, a nest
+  (tuple, list or dict) of tensors, ``()`` when it keeps none. :class:`~robustkit.optimizers.
+  Transformed` calls it once, in ``build``, and keeps each tensor in an optimizer variable, so
+  the state is saved with the optimizer (``model.save``, ``tf.train.Checkpoint``).
+- ``update(gradients, state, variables, step, seed) -> (gradients, state)``: one step. It gets
+  the gradients (dense float tensors shaped like their variables, already summed over replicas),
+  its state as it was after the previous step, the variables (values before this step), the
+  step (int64 scalar, 0 at the first) and a stateless-RNG key (int64 [2], distinct per
+  transform and per step, the same on every replica); it returns the new gradients and the new
+  state, of the same structure, shapes and dtypes. Nothing else is shared between transforms.
+
+Two facts are not gradients and are declared by pure methods that the wrapper calls: a transform
+whose ``acts_after_step`` is true says in :meth:`GradientTransform.update_scale` how much of the
+inner optimizer's update each variable keeps (freezing, per-group rates), computed from the
+values before the step; a noise transform says its standard deviation in ``noise_stddev(step)``
+(for the debug record).
 """
 
 from __future__ import annotations
@@ -20,24 +34,22 @@ from robustkit.errors import InputError
 # Message of the in-graph numerics check; TensorFlow raises it as InvalidArgumentError.
 NON_FINITE_MESSAGE = "robustkit: NaN or Inf gradient for variable(s):"
 
+State = Any  # a nest of tensors (tuple, list, dict); () for a transform without state
 
-@dataclasses.dataclass
-class StepContext:
-    """What a transform sees of the step besides the gradients.
+
+@dataclasses.dataclass(frozen=True)
+class UpdateScale:
+    """How much of the inner optimizer's update of one variable is kept after the step.
 
     Attributes:
-        step: int64 scalar tensor, the number of earlier steps of the optimizer (0 at the first).
-        key: int64 [2] stateless-RNG key of this transform at this step (distinct per transform
-            and per step, the same on every replica).
-        noise_variance: sum of the variances of the noise added so far (float32 scalar).
-        frozen: per variable, None or a boolean mask of entries whose update is undone after the
-            inner optimizer's step, with the values to restore: ``(mask, values_before)``.
+        multiplier: the update is multiplied by this (a Python float >= 0): 1 keeps it, 0
+            undoes it bit for bit (the variable keeps its value before the step).
+        frozen: None, or a boolean tensor shaped like the variable: entries whose value before
+            the step is put back bit for bit (undoing momentum and weight decay too).
     """
 
-    step: tf.Tensor
-    key: tf.Tensor
-    noise_variance: tf.Tensor
-    frozen: list[tuple[tf.Tensor, tf.Tensor] | None]
+    multiplier: float = 1.0
+    frozen: tf.Tensor | None = None
 
 
 def variable_name(variable: Any) -> str:
@@ -58,30 +70,56 @@ def zero_where(mask: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
 def gaussian_like(tensors: list[tf.Tensor], key: tf.Tensor, stddev: tf.Tensor) -> list[tf.Tensor]:
     """I.i.d. N(0, stddev²) noise shaped and typed like each tensor, from stateless ``key``.
 
-    One draw for all tensors (a single kernel instead of one per variable), split and reshaped.
+    One draw for all tensors (a single kernel instead of one per variable), split and reshaped
+    (views, no copies).
     """
     sizes = [t.shape.num_elements() for t in tensors]
     noise = tf.random.stateless_normal([sum(sizes)], seed=key, stddev=stddev)
-    return [
-        tf.cast(tf.reshape(piece, tf.shape(t)), t.dtype)
-        for t, piece in zip(tensors, tf.split(noise, sizes), strict=True)
-    ]
+    pieces = tf.split(noise, sizes) if len(tensors) > 1 else [noise]
+    out = []
+    for t, piece in zip(tensors, pieces, strict=True):
+        piece = tf.reshape(piece, t.shape)
+        out.append(piece if t.dtype == tf.float32 else tf.cast(piece, t.dtype))
+    return out
 
 
 class GradientTransform:
-    """One link of the chain. Subclasses implement :meth:`__call__` and keep a JSON config.
+    """One link of the chain: ``init`` and ``update`` (see the module docstring), a JSON config.
 
     Class attributes:
         clips: the transform bounds the gradients; the debug record takes the global norm after
             the last clipping transform as "clipped_grad_norm".
+        acts_after_step: the transform implements :meth:`update_scale`.
     """
 
     clips = False
+    acts_after_step = False
 
-    def __call__(
-        self, gradients: list[tf.Tensor], variables: list[Any], context: StepContext
-    ) -> list[tf.Tensor]:
+    def init(self, variables: list[Any]) -> State:
+        """The initial state for ``variables`` (the optimizer's, in order); () by default."""
+        return ()
+
+    def update(
+        self,
+        gradients: list[tf.Tensor],
+        state: State,
+        variables: list[Any],
+        step: tf.Tensor,
+        seed: tf.Tensor,
+    ) -> tuple[list[tf.Tensor], State]:
+        """The transformed gradients and the new state (see the module docstring)."""
         raise NotImplementedError
+
+    def update_scale(self, variables: list[Any]) -> list[UpdateScale | None]:
+        """Per variable, how much of the inner optimizer's update is kept (None: all of it).
+
+        Called before the step, on the values before it, only when ``acts_after_step``.
+        """
+        return [None] * len(variables)
+
+    def noise_stddev(self, step: tf.Tensor) -> tf.Tensor | None:
+        """Standard deviation of the noise added at ``step`` (float32 scalar); None: no noise."""
+        return None
 
     def get_config(self) -> dict[str, Any]:
         return {}
@@ -95,13 +133,13 @@ class GradientTransform:
         return f"{type(self).__name__}({arguments})"
 
 
-def _positive(name: str, value: float) -> float:
+def positive(name: str, value: float) -> float:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise InputError(f"{name} must be a finite number > 0, got {value!r}.")
     return float(value)
 
 
-def _non_negative(name: str, value: float) -> float:
+def non_negative(name: str, value: float) -> float:
     if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
         raise InputError(f"{name} must be a finite number >= 0, got {value!r}.")
     return float(value)
@@ -114,10 +152,10 @@ class ClipByValue(GradientTransform):
     clips = True
 
     def __init__(self, clip_value: float) -> None:
-        self.clip_value = _positive("clip_value", clip_value)
+        self.clip_value = positive("clip_value", clip_value)
 
-    def __call__(self, gradients, variables, context):
-        return [tf.clip_by_value(g, -self.clip_value, self.clip_value) for g in gradients]
+    def update(self, gradients, state, variables, step, seed):
+        return [tf.clip_by_value(g, -self.clip_value, self.clip_value) for g in gradients], state
 
     def get_config(self):
         return {"clip_value": self.clip_value}
@@ -130,10 +168,10 @@ class ClipByNorm(GradientTransform):
     clips = True
 
     def __init__(self, clip_norm: float) -> None:
-        self.clip_norm = _positive("clip_norm", clip_norm)
+        self.clip_norm = positive("clip_norm", clip_norm)
 
-    def __call__(self, gradients, variables, context):
-        return [tf.clip_by_norm(g, self.clip_norm) for g in gradients]
+    def update(self, gradients, state, variables, step, seed):
+        return [tf.clip_by_norm(g, self.clip_norm) for g in gradients], state
 
     def get_config(self):
         return {"clip_norm": self.clip_norm}
@@ -150,11 +188,11 @@ class ClipByGlobalNorm(GradientTransform):
     clips = True
 
     def __init__(self, clip_norm: float) -> None:
-        self.clip_norm = _positive("clip_norm", clip_norm)
+        self.clip_norm = positive("clip_norm", clip_norm)
 
-    def __call__(self, gradients, variables, context):
+    def update(self, gradients, state, variables, step, seed):
         clipped, _ = tf.clip_by_global_norm(gradients, self.clip_norm)
-        return clipped
+        return clipped, state
 
     def get_config(self):
         return {"clip_norm": self.clip_norm}
@@ -163,15 +201,13 @@ class ClipByGlobalNorm(GradientTransform):
 class _GaussianNoiseBase(GradientTransform):
     """Adds i.i.d. N(0, stddev(t)²) to every gradient entry, drawn from the step's stateless key."""
 
-    def stddev(self, step: tf.Tensor) -> tf.Tensor:
+    def noise_stddev(self, step: tf.Tensor) -> tf.Tensor:
         """Noise standard deviation (gradient units, float32 scalar) at 0-based ``step``."""
         raise NotImplementedError
 
-    def __call__(self, gradients, variables, context):
-        stddev = self.stddev(context.step)
-        context.noise_variance = context.noise_variance + tf.square(stddev)
-        noise = gaussian_like(gradients, context.key, stddev)
-        return [g + n for g, n in zip(gradients, noise, strict=True)]
+    def update(self, gradients, state, variables, step, seed):
+        noise = gaussian_like(gradients, seed, self.noise_stddev(step))
+        return [g + n for g, n in zip(gradients, noise, strict=True)], state
 
 
 @keras.saving.register_keras_serializable(package="robustkit")
@@ -179,9 +215,9 @@ class GaussianNoise(_GaussianNoiseBase):
     """Add Gaussian noise of constant standard deviation ``stddev`` (gradient units)."""
 
     def __init__(self, stddev: float) -> None:
-        self.stddev_value = _non_negative("stddev", stddev)
+        self.stddev_value = non_negative("stddev", stddev)
 
-    def stddev(self, step):
+    def noise_stddev(self, step):
         return tf.constant(self.stddev_value, tf.float32)
 
     def get_config(self):
@@ -197,10 +233,10 @@ class AnnealedGaussianNoise(_GaussianNoiseBase):
     """
 
     def __init__(self, eta: float, gamma: float = 0.55) -> None:
-        self.eta = _non_negative("eta", eta)
-        self.gamma = _non_negative("gamma", gamma)
+        self.eta = non_negative("eta", eta)
+        self.gamma = non_negative("gamma", gamma)
 
-    def stddev(self, step):
+    def noise_stddev(self, step):
         t = tf.cast(step, tf.float32)
         return tf.sqrt(self.eta / tf.pow(1.0 + t, self.gamma))
 
@@ -216,23 +252,25 @@ class FreezeSmallWeights(GradientTransform):
     chain (so no noise reaches the inner optimizer's moments), and after the inner step their
     values are put back bit for bit, undoing momentum and weight decay too. The mask is taken
     from the weights before the step, so a weight that falls under the threshold stays frozen.
+    Stateless: the mask is a function of the weights.
     """
 
-    def __init__(self, threshold: float) -> None:
-        self.threshold = _positive("threshold", threshold)
+    acts_after_step = True
 
-    def __call__(self, gradients, variables, context):
-        frozen_gradients = []
-        for index, (gradient, variable) in enumerate(zip(gradients, variables, strict=True)):
-            values = tf.identity(variable)
-            mask = tf.abs(values) < tf.cast(self.threshold, values.dtype)
-            if context.frozen[index] is not None:
-                earlier_mask, earlier_values = context.frozen[index]
-                mask = tf.logical_or(mask, earlier_mask)
-                values = earlier_values
-            context.frozen[index] = (mask, values)
-            frozen_gradients.append(zero_where(mask, gradient))
-        return frozen_gradients
+    def __init__(self, threshold: float) -> None:
+        self.threshold = positive("threshold", threshold)
+
+    def mask(self, variable: Any) -> tf.Tensor:
+        """Boolean mask of the entries of ``variable`` (its value now) under the threshold."""
+        values = tf.convert_to_tensor(variable)
+        return tf.abs(values) < tf.cast(self.threshold, values.dtype)
+
+    def update(self, gradients, state, variables, step, seed):
+        masks = [self.mask(v) for v in variables]
+        return [zero_where(m, g) for m, g in zip(masks, gradients, strict=True)], state
+
+    def update_scale(self, variables):
+        return [UpdateScale(frozen=self.mask(v)) for v in variables]
 
     def get_config(self):
         return {"threshold": self.threshold}
@@ -247,7 +285,7 @@ class CheckNumerics(GradientTransform):
     paths. Put it first in the chain to see the raw gradients.
     """
 
-    def __call__(self, gradients, variables, context):
+    def update(self, gradients, state, variables, step, seed):
         names = tf.constant([variable_name(v) for v in variables])
         finite = tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
         bad_names = tf.strings.reduce_join(
@@ -257,7 +295,7 @@ class CheckNumerics(GradientTransform):
             tf.reduce_all(finite), [NON_FINITE_MESSAGE, bad_names], summarize=len(variables)
         )
         with tf.control_dependencies([check]):
-            return [tf.identity(g) for g in gradients]
+            return [tf.identity(g) for g in gradients], state
 
 
 def clip_by_value(clip_value: float) -> ClipByValue:

@@ -6,30 +6,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from opt_helpers import compile_model, data, small_model, values
 
 from robustkit import InputError
 from robustkit import optimizers as rko
-
-
-def small_model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]
-    )
-
-
-def data(n: int = 48) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return rng.normal(size=(n, 6)).astype(np.float32), rng.integers(0, 3, n)
-
-
-def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(True))
-    return model
-
-
-def values(variables) -> list[np.ndarray]:
-    return [np.array(v.numpy()) for v in variables]
 
 
 @pytest.mark.parametrize("setting", ["clipnorm", "global_clipnorm", "clipvalue"])
@@ -121,6 +101,12 @@ def test_frozen_weights_stay_bit_identical_under_adamw_momentum_decay_and_noise(
         newly_frozen += int(np.sum(frozen & ~frozen_at_start))
     assert variable.numpy()[frozen_at_start].tobytes() == start[frozen_at_start].tobytes()
     assert newly_frozen > 0  # weights decayed under the threshold were frozen from then on
+
+
+def test_freezing_with_the_inner_ema_is_refused() -> None:
+    inner = keras.optimizers.Adam(0.01, use_ema=True)
+    with pytest.raises(InputError, match="use_ema=True"):
+        rko.Transformed(inner, [rko.freeze_small_weights(0.1)])
 
 
 def test_check_numerics_names_the_model_variable() -> None:

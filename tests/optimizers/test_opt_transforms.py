@@ -1,11 +1,14 @@
-"""Gradient transforms against NumPy references; noise statistics; freezing; numerics check."""
+"""Stateless gradient transforms against NumPy references; noise statistics; freezing; the
+numerics check; the init/update protocol."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from opt_helpers import key, run
 
 from robustkit import InputError
 from robustkit import optimizers as rko
@@ -20,22 +23,6 @@ gradient_lists = st.lists(
     max_size=4,
 )
 bounds = st.floats(0.01, 20.0)
-
-
-def context(step: int = 0, seed: int = 0, variable_count: int = 1) -> rko.StepContext:
-    return rko.StepContext(
-        step=tf.constant(step, tf.int64),
-        key=tf.constant([seed, step], tf.int64),
-        noise_variance=tf.constant(0.0),
-        frozen=[None] * variable_count,
-    )
-
-
-def run(transform: rko.GradientTransform, gradients: list[np.ndarray]) -> list[np.ndarray]:
-    tensors = [tf.constant(g) for g in gradients]
-    variables = [tf.Variable(tf.ones_like(g)) for g in tensors]
-    out = transform(tensors, variables, context(variable_count=len(tensors)))
-    return [t.numpy() for t in out]
 
 
 @settings(max_examples=40, deadline=None)
@@ -78,12 +65,13 @@ def test_clipping_leaves_small_gradients_untouched() -> None:
 def noise_sample(
     transform: rko.GradientTransform, step: int, seed: int
 ) -> tuple[np.ndarray, float]:
-    """200,000 noise entries drawn on zero gradients at ``step``, and the recorded variance."""
+    """200,000 noise entries drawn on zero gradients at ``step``, and the declared variance."""
     zeros = [tf.zeros([300, 400]), tf.zeros([80000])]
     variables = [tf.Variable(z) for z in zeros]
-    ctx = context(step, seed, variable_count=2)
-    noisy = transform(zeros, variables, ctx)
-    return np.concatenate([n.numpy().ravel() for n in noisy]), float(ctx.noise_variance)
+    t = tf.constant(step, tf.int64)
+    noisy, state = transform.update(zeros, transform.init(variables), variables, t, key(step, seed))
+    assert state == ()
+    return np.concatenate([n.numpy().ravel() for n in noisy]), float(transform.noise_stddev(t)) ** 2
 
 
 @pytest.mark.parametrize(
@@ -116,14 +104,24 @@ def test_noise_is_identical_for_a_seed_and_differs_across_seeds_and_steps() -> N
     assert abs(np.corrcoef(first, other_step)[0, 1]) < 0.02
 
 
-def test_freeze_small_weights_zeroes_their_gradient_and_records_the_mask() -> None:
+def test_freeze_small_weights_zeroes_their_gradient_and_declares_the_mask() -> None:
     weights = tf.Variable([[0.05, -0.5], [-0.01, 2.0]])
-    ctx = context()
-    (gradient,) = rko.freeze_small_weights(0.1)([tf.ones([2, 2])], [weights], ctx)
+    freeze = rko.freeze_small_weights(0.1)
+    assert freeze.acts_after_step and freeze.init([weights]) == ()
+    (gradient,), state = freeze.update([tf.ones([2, 2])], (), [weights], tf.constant(0), key())
     np.testing.assert_array_equal(gradient.numpy(), [[0.0, 1.0], [0.0, 1.0]])
-    mask, values = ctx.frozen[0]
-    np.testing.assert_array_equal(mask.numpy(), [[True, False], [True, False]])
-    np.testing.assert_array_equal(values.numpy(), weights.numpy())
+    assert state == ()
+    (scale,) = freeze.update_scale([weights])
+    assert scale.multiplier == 1.0
+    np.testing.assert_array_equal(scale.frozen.numpy(), [[True, False], [True, False]])
+
+
+def test_noise_free_transforms_declare_no_noise_and_keep_no_state() -> None:
+    variable = tf.Variable(tf.ones([3]))
+    for transform in (rko.clip_by_value(1.0), rko.clip_by_global_norm(1.0), rko.check_numerics()):
+        assert transform.init([variable]) == ()
+        assert transform.noise_stddev(tf.constant(0)) is None
+        assert not transform.acts_after_step
 
 
 def test_check_numerics_names_the_bad_variable_only() -> None:
@@ -133,7 +131,8 @@ def test_check_numerics_names_the_bad_variable_only() -> None:
 
     @tf.function
     def check(gradients):
-        return rko.check_numerics()(gradients, [good, bad], context(variable_count=2))
+        out, _ = rko.check_numerics().update(gradients, (), [good, bad], tf.constant(0), key())
+        return out
 
     with pytest.raises(tf.errors.InvalidArgumentError) as caught:
         check(gradients)
@@ -166,3 +165,46 @@ def test_config_round_trip() -> None:
     again = type(transform).from_config(transform.get_config())
     assert again.get_config() == {"eta": 0.3, "gamma": 0.7}
     assert repr(again) == "AnnealedGaussianNoise(eta=0.3, gamma=0.7)"
+
+
+def test_a_custom_stateful_transform_needs_only_init_and_update() -> None:
+    """The protocol on its own: a running sum of the gradients, kept by the wrapper."""
+
+    class RunningSum(rko.GradientTransform):
+        def init(self, variables):
+            return {"sums": [tf.zeros(v.shape, v.dtype) for v in variables]}
+
+        def update(self, gradients, state, variables, step, seed):
+            sums = [s + g for s, g in zip(state["sums"], gradients, strict=True)]
+            return sums, {"sums": sums}
+
+    variable = tf.Variable(tf.zeros([2]))
+    optimizer = rko.Transformed(keras.optimizers.SGD(1.0), [RunningSum()])
+    for gradient in ([1.0, 2.0], [3.0, -1.0], [0.5, 0.5]):
+        optimizer.apply([tf.constant(gradient)], [variable])
+    # Steps of -1, -3 and -3.5 in the first entry: minus the running sums 1, 4, 4.5.
+    np.testing.assert_array_equal(variable.numpy(), [-(1 + 4 + 4.5), -(2 + 1 + 1.5)])
+    (state,) = optimizer.transform_states()
+    np.testing.assert_array_equal(state["sums"][0].numpy(), [4.5, 1.5])
+
+
+def test_a_transform_of_the_old_kind_is_refused_with_the_way_forward() -> None:
+    class OldStyle(rko.GradientTransform):
+        def __call__(self, gradients, variables, context):
+            return gradients
+
+    with pytest.raises(InputError, match="no longer take a StepContext"):
+        rko.Transformed(keras.optimizers.SGD(0.1), [OldStyle()])
+
+
+def test_a_state_unlike_the_initial_one_is_refused() -> None:
+    class Shrinking(rko.GradientTransform):
+        def init(self, variables):
+            return (tf.zeros([3]),)
+
+        def update(self, gradients, state, variables, step, seed):
+            return gradients, (tf.zeros([2]),)
+
+    optimizer = rko.Transformed(keras.optimizers.SGD(0.1), [Shrinking()])
+    with pytest.raises(InputError, match=r"state unlike the one its init gave.*\(2,\)"):
+        optimizer.apply([tf.ones([3])], [tf.Variable(tf.zeros([3]))])
