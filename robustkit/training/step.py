@@ -13,9 +13,11 @@ robustkit error that says which epoch and batch, and what to do.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from robustkit.attacks import PGD
@@ -95,12 +97,14 @@ class TrainingStep:
         callback_list: keras.callbacks.CallbackList,
     ) -> dict[str, float]:
         """Train on every batch of ``dataset`` at radius ``eps`` (pixel units); the epoch's
-        mean loss, clean_loss, clean_accuracy, adv_loss, adv_accuracy, grad_norm and penalty.
+        mean loss, clean_loss, clean_accuracy, adv_loss, adv_accuracy, grad_norm and penalty,
+        with its eps, the learning rate after it (lr) and its wall time (seconds).
 
         Raises:
             InputError: a batch with a label out of range or pixels outside the bounds.
             RobustkitError: a non-finite loss or gradient (that update is not applied).
         """
+        started = time.perf_counter()
         for total in self._totals.values():
             total.assign(0.0)
         distributed = self.strategy.experimental_distribute_dataset(dataset)
@@ -126,6 +130,9 @@ class TrainingStep:
             "adv_accuracy": totals["adv_correct"] / count,
             "grad_norm": totals["grad_norm"] / max(totals["steps"], 1.0),
             "penalty": totals["penalty"] / count,
+            "eps": eps,
+            "lr": _learning_rate(self.optimizer),
+            "seconds": time.perf_counter() - started,
         }
 
     def _function(self, spec: Any) -> Any:
@@ -246,3 +253,11 @@ def _correct(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """How many rows of logits [N, K] predict their label y [N] (float32 scalar)."""
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
     return tf.reduce_sum(tf.cast(tf.equal(predicted, y), tf.float32))
+
+
+def _learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    """The optimizer's current learning rate (NaN when it has none to read)."""
+    try:
+        return float(np.asarray(optimizer.learning_rate))
+    except (AttributeError, TypeError, ValueError):
+        return float("nan")

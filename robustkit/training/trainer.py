@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,29 +66,24 @@ class AdversarialTrainer:
             attack sees the model as at inference and only the loss pass is in training mode.
         eps_schedule: radius (pixel units) per epoch, e.g. :func:`~robustkit.training.eps_ramp`;
             default the attack's eps throughout. The radius is a tensor argument of the step.
-        validation_attack: what measures robust validation accuracy (and the guard's): a
-            robustkit gradient attack, or a suite (a sequence of attacks and
-            :class:`~robustkit.evaluation.SuiteAttack` entries, e.g. ``quick_suite()``, built in
-            the attack's ball). Default APGD-CE with 20 steps at the attack's full eps
-            (:func:`~robustkit.training.validation.default_validation_attack`), run through
-            :mod:`robustkit.evaluation` on the trainer's strategy.
+        validation_attack: measures robust validation accuracy (and the guard's): a gradient
+            attack, or a suite (attacks and :class:`~robustkit.evaluation.SuiteAttack` entries,
+            e.g. ``quick_suite()``) run as a cascade by :mod:`robustkit.evaluation` on the
+            trainer's strategy. Default APGD-CE, 20 steps, at the attack's norm and full eps.
         restore_best: with validation data, end with the weights of the epoch of best robust
-            validation accuracy (Rice et al. 2020).
+            validation accuracy (Rice et al. 2020), kept by ``trainer.early_stopping``.
         patience: with validation data, stop after this many epochs in a row without a better
             robust validation accuracy (None: never).
-        overfit_guard: catastrophic-overfitting guard (:class:`~robustkit.training.OverfitGuard`):
-            each epoch, attack a fixed training batch of ``guard_size`` examples with
-            ``validation_attack`` and with the training attack at the same radius; it fires when
-            the first accuracy falls more than ``guard_drop`` below the best seen, or lies more
-            than ``guard_drop`` below the second. ``"stop"`` then restores the weights of the
-            previous epoch and stops, ``"rollback"`` restores weights and optimizer state and
-            carries on (stopping after ``max_rollbacks``), ``"monitor"`` only records it.
-            ``"auto"``: "stop" for the fast method, off otherwise; None: off.
-        seed: seed of the random generator behind the training attack's random starts (and of
-            a validation suite's draws).
+        overfit_guard: catastrophic-overfitting guard (:class:`~robustkit.training.OverfitGuard`)
+            on a fixed training batch of ``guard_size`` examples, attacked each epoch with
+            ``validation_attack`` and with the training attack at the same radius; it fires on a
+            drop of more than ``guard_drop``. ``"stop"`` restores the previous epoch's weights
+            and stops, ``"rollback"`` restores weights and optimizer state and carries on (until
+            ``max_rollbacks``), ``"monitor"`` only records it. ``"auto"``: "stop" for the fast
+            method, else off; None: off.
+        seed: seed of the training attack's random starts (and of a validation suite's).
 
-    Build the trainer inside a ``tf.distribute`` strategy's scope to train (and validate)
-    under that strategy.
+    Build the trainer inside a ``tf.distribute`` strategy's scope to train and validate under it.
     """
 
     def __init__(
@@ -277,21 +271,9 @@ class AdversarialTrainer:
             epoch = int(epochs)
         while epoch < int(epochs):
             logs = self._train_epoch(epoch, train_batches, callback_list)
-            stop_reasons = []
-            if validation_data is not None:
-                logs.update(self._validate(validation_data))
-                if self.early_stopping.on_epoch_end(epoch, logs):
-                    stop_reasons.append("patience")
-                history.best_epoch = self.early_stopping.best_epoch
-                history.best_val_adv_accuracy = self.early_stopping.best
-            if guard_data is not None:
-                guard_logs, guard_stop = self._check_guard(epoch, guard_data, history)
-                logs.update(guard_logs)
-                stop_reasons.insert(0, guard_stop)
-            if getattr(model, "stop_training", False):
-                stop_reasons.append("callback")
+            stop_reason = self._judge_epoch(epoch, logs, validation_data, guard_data, history)
             history.append(epoch, logs)
-            history.stop_reason = next((reason for reason in stop_reasons if reason), None)
+            history.stop_reason = stop_reason
             self._state.epoch.assign(epoch + 1)
             self._state.store_history(history)
             if checkpoints is not None:
@@ -342,38 +324,56 @@ class AdversarialTrainer:
     def _train_epoch(
         self, epoch: int, batches: Batches, callback_list: keras.callbacks.CallbackList
     ) -> dict[str, float]:
-        """One pass over the training data; the epoch's mean metrics, radius, learning rate
-        and wall time (seconds)."""
+        """One pass over the training data at this epoch's radius; its logs."""
         eps = float(self.eps_schedule(epoch)) if self.eps_schedule else self.attack.norm.eps
         if not (math.isfinite(eps) and eps >= 0):
             raise InputError(f"eps_schedule gave {eps!r} for epoch {epoch}; need a finite >= 0.")
         callback_list.on_epoch_begin(epoch)
-        started = time.perf_counter()
-        logs = self._step.run_epoch(batches.epoch(epoch), eps, epoch, callback_list)
-        return {
-            **logs,
-            "eps": eps,
-            "lr": _learning_rate(self.optimizer),
-            "seconds": time.perf_counter() - started,
-        }
+        return self._step.run_epoch(batches.epoch(epoch), eps, epoch, callback_list)
 
-    def _validate(self, data: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
-        """The ``val_*`` metrics of this epoch's weights."""
-        return {f"val_{name}": value for name, value in self.validator.measure(*data).items()}
+    def _judge_epoch(
+        self,
+        epoch: int,
+        logs: dict[str, float],
+        validation_data: tuple[np.ndarray, np.ndarray] | None,
+        guard_data: tuple[np.ndarray, np.ndarray] | None,
+        history: TrainingHistory,
+    ) -> str | None:
+        """Validate this epoch's weights and let the guards judge them (``logs`` gains the
+        ``val_*`` and ``guard_*`` metrics); why training stops now, or None to carry on."""
+        patience_ran_out = False
+        if validation_data is not None:
+            measured = self.validator.measure(*validation_data)
+            logs.update({f"val_{name}": value for name, value in measured.items()})
+            patience_ran_out = self.early_stopping.on_epoch_end(epoch, logs)
+            history.best_epoch = self.early_stopping.best_epoch
+            history.best_val_adv_accuracy = self.early_stopping.best
+        guard_stop = None
+        if guard_data is not None:
+            guard_stop = self._check_guard(epoch, logs, guard_data, history)
+        if guard_stop is not None:
+            return guard_stop
+        if patience_ran_out:
+            return "patience"
+        if getattr(self.classifier.model, "stop_training", False):
+            return "callback"
+        return None
 
     def _check_guard(
-        self, epoch: int, data: tuple[np.ndarray, np.ndarray], history: TrainingHistory
-    ) -> tuple[dict[str, float], str | None]:
-        """Attack the guard batch with both attacks and let the guard decide; its logs and
-        the reason to stop (None to carry on)."""
+        self,
+        epoch: int,
+        logs: dict[str, float],
+        data: tuple[np.ndarray, np.ndarray],
+        history: TrainingHistory,
+    ) -> str | None:
+        """Attack the guard batch with both attacks and let the guard decide (``logs`` gains
+        its metrics); the reason to stop, or None to carry on."""
         accuracy = self.validator.measure(*data)["adv_accuracy"]
         own = self._guard_validator.measure(*data)["adv_accuracy"]
         decision = self.guard.on_epoch_end(accuracy, own)
-        logs = {
-            "guard_accuracy": accuracy,
-            "guard_training_attack_accuracy": own,
-            "guard_fired": float(decision.fired),
-        }
+        logs["guard_accuracy"] = accuracy
+        logs["guard_training_attack_accuracy"] = own
+        logs["guard_fired"] = float(decision.fired)
         if decision.fired:
             reason = "; ".join(decision.reasons)
             history.add_event(
@@ -391,7 +391,7 @@ class AdversarialTrainer:
                 reason,
                 self.guard.action,
             )
-        return logs, decision.stop_reason
+        return decision.stop_reason
 
     def _restore_best(self, history: TrainingHistory) -> None:
         """End with the weights of the best robust validation epoch (an event when they are
@@ -405,10 +405,3 @@ class AdversarialTrainer:
             logger.info(
                 "Restored the weights of epoch %d (best robust validation accuracy).", best + 1
             )
-
-
-def _learning_rate(optimizer: Any) -> float:
-    try:
-        return float(np.asarray(optimizer.learning_rate))
-    except (AttributeError, TypeError, ValueError):
-        return float("nan")
