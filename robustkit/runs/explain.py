@@ -91,7 +91,7 @@ class ExplainRun(FolderRun):
         x = batch.pixels(bounds)
         options = dict(self.options)
         if self.method in SEEDED_METHODS:
-            options["first_image"] = self.first_index
+            options["first_index"] = self.first_index
         result: Attribution = attribute(
             self.classifier,
             x,
@@ -100,7 +100,7 @@ class ExplainRun(FolderRun):
             **options,
         )
         self.attribution_options = {
-            key: value for key, value in result.options.items() if key != "first_image"
+            key: value for key, value in result.options.items() if key != "first_index"
         }
         labels = batch.labels
         rows = []

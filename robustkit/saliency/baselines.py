@@ -8,11 +8,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from robustkit import seeding
 from robustkit.errors import InputError
 from robustkit.models import Classifier
-from robustkit.saliency.engine import random_rows
+from robustkit.saliency.masks import point_keys
 
 BASELINE_KINDS = ("black", "white", "uniform", "blur")
+BASELINE_POINT = -1  # the key stream of a "uniform" baseline (samples of an image use 0, 1, ...)
 DEFAULT_BLUR_SIGMA = 5.0  # pixels
 
 
@@ -60,13 +62,13 @@ def make_baseline(
     baseline: Any,
     *,
     seed: int = 0,
-    first_image: int = 0,
+    first_index: int = 0,
     blur_sigma: float = DEFAULT_BLUR_SIGMA,
 ) -> tf.Tensor:
     """The reference image for each image of x [N, H, W, C], as float32 [N, H, W, C].
 
     ``baseline`` is "black" (the low bound), "white" (the high bound), "uniform" (noise drawn
-    uniformly in the bounds; image i's noise is fixed by ``seed`` and ``first_image`` + i),
+    uniformly in the bounds; image i's noise is fixed by ``seed`` and ``first_index`` + i),
     "blur" (the image blurred with a Gaussian of ``blur_sigma`` pixels), a number (every pixel
     that value, e.g. 0.5 for mid-grey), or an array in the bounds of shape [H, W, C] (shared) or
     [N, H, W, C].
@@ -81,12 +83,9 @@ def make_baseline(
             n = int(x.shape[0])
             if n == 0:
                 return tf.zeros_like(x)
-            unit = random_rows(
-                tf.range(n, dtype=tf.int64) + int(first_image),
-                classifier.input_shape,
-                tf.constant(seed, tf.int64),
-                tf.random.stateless_uniform,
-            )
+            images = tf.range(n)
+            keys = point_keys(int(seed), int(first_index), images, tf.fill([n], BASELINE_POINT))
+            unit = seeding.uniform(keys, classifier.input_shape)
             return low + (high - low) * unit
         if baseline == "blur":
             return gaussian_blur(x, float(blur_sigma))

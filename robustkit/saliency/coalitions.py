@@ -4,7 +4,7 @@ Features are the patches of a grid or the images' own regions (superpixels). Bot
 one compiled loop (see :mod:`robustkit.saliency.engine`): for each image and sampled coalition
 z, one forward pass on x_z (x on the features in z, the baseline elsewhere), accumulated into the
 weighted normal equations of the regression, so memory stays flat as the samples grow; the small
-per-image solves then run in NumPy. Coalitions are keyed by (seed, first_image + image index,
+per-image solves then run in NumPy. Coalitions are keyed by (seed, first_index + image index,
 sample index), so they do not depend on batch or chunk sizes.
 """
 
@@ -44,26 +44,26 @@ from robustkit.saliency.masks import (
     shapley_coalitions,
 )
 
-Coalitions = Callable[..., tf.Tensor]  # (seed, first_image, image, sample, counts, F) -> bool
+Coalitions = Callable[..., tf.Tensor]  # (seed, first_index, image, sample, counts, F) -> bool
 
 
 def _coalition_function(
     classifier: Classifier, objective: LossFunction, draw: Coalitions, kernel: bool
 ) -> Any:
-    """Compiled ``(x, baseline, targets, labels, counts, samples, seed, first_image,
+    """Compiled ``(x, baseline, targets, labels, counts, samples, seed, first_index,
     kernel_width, chunk)`` -> (logits, targets, f(x), f(baseline), gram [N, F+1, F+1],
     moments [N, F+1]): the weighted sums of d d^T and d * f(x_z) over coalitions z, with
     d = (1, z) and x_z showing x on the features in z, the baseline elsewhere."""
     height, width, _ = classifier.input_shape
 
-    def run(x, baseline, targets, labels, counts, samples, seed, first_image, kernel_width, chunk):
+    def run(x, baseline, targets, labels, counts, samples, seed, first_index, kernel_width, chunk):
         logits, targets, score = explained(classifier, objective, x, targets, chunk)
         baseline_score = objective(chunked_logits(classifier, baseline, chunk), targets)
         features = tf.reduce_max(counts)
 
         def contributions(image_index, sample_index):
             image_counts = tf.gather(counts, image_index)
-            members = draw(seed, first_image, image_index, sample_index, image_counts, features)
+            members = draw(seed, first_index, image_index, sample_index, image_counts, features)
             shown = tf.gather(members, tf.gather(labels, image_index), batch_dims=1)
             point = tf.where(
                 tf.reshape(shown, (-1, height, width, 1)),
@@ -120,7 +120,7 @@ def _fit_coalitions(
     segments: Any,
     baseline: Any,
     seed: int,
-    first_image: int,
+    first_index: int,
     objective: str | LossFunction,
     internal_batch_size: int,
     kernel_width: float = 0.0,
@@ -133,7 +133,7 @@ def _fit_coalitions(
     labels, counts = feature_labels(int(x.shape[0]), height, width, segments, patch_size)
     if method == "kernel_shap" and counts.min() < 2:
         raise InputError("KernelSHAP needs at least 2 features per image; use smaller patches.")
-    reference = make_baseline(classifier, x, baseline, seed=seed, first_image=first_image)
+    reference = make_baseline(classifier, x, baseline, seed=seed, first_index=first_index)
     draw, kernel = (lime_coalitions, True) if method == "lime" else (shapley_coalitions, False)
     function = compiled(
         classifier,
@@ -148,7 +148,7 @@ def _fit_coalitions(
         tf.constant(counts),
         tf.constant(samples),
         tf.constant(int(seed), tf.int32),
-        tf.constant(int(first_image), tf.int64),
+        tf.constant(int(first_index), tf.int64),
         tf.constant(float(kernel_width)),
         chunk,
     )
@@ -162,7 +162,7 @@ def _fit_coalitions(
         ),
         "baseline": baseline_name(baseline),
         "seed": int(seed),
-        "first_image": int(first_image),
+        "first_index": int(first_index),
         **common_options(objective, chunk),
     }
     return tuple(r.numpy() for r in results), labels, counts, options
@@ -190,7 +190,7 @@ def kernel_shap(
     segments: Any = None,
     baseline: Any = "black",
     seed: int = 0,
-    first_image: int = 0,
+    first_index: int = 0,
     objective: str | LossFunction = "logit",
     internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
 ) -> Attribution:
@@ -207,7 +207,7 @@ def kernel_shap(
         patch_size: features are the patches of this grid (default 8 x 8 patches)...
         segments: ...unless integer regions [H, W] or [N, H, W] are given (superpixels).
         baseline: what an absent feature shows (as for :func:`occlusion`).
-        seed, first_image: image i's coalitions are fixed by the seed and first_image + i.
+        seed, first_index: image i's coalitions are fixed by the seed and first_index + i.
         target, objective, internal_batch_size: as for :func:`~robustkit.saliency.gradient`.
 
     Returns:
@@ -224,7 +224,7 @@ def kernel_shap(
         segments=segments,
         baseline=baseline,
         seed=seed,
-        first_image=first_image,
+        first_index=first_index,
         objective=objective,
         internal_batch_size=internal_batch_size,
     )
@@ -263,7 +263,7 @@ def lime(
     kernel_width: float = 0.25,
     ridge: float = 1.0,
     seed: int = 0,
-    first_image: int = 0,
+    first_index: int = 0,
     objective: str | LossFunction = "logit",
     internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
 ) -> Attribution:
@@ -278,7 +278,7 @@ def lime(
     Args:
         kernel_width: width of the proximity kernel (cosine distance units).
         ridge: L2 penalty on beta (not on the intercept c); 0 gives weighted least squares.
-        samples, patch_size, segments, baseline, seed, first_image, target, objective,
+        samples, patch_size, segments, baseline, seed, first_index, target, objective,
         internal_batch_size: as for :func:`kernel_shap`.
     """
     if not float(kernel_width) > 0:
@@ -295,7 +295,7 @@ def lime(
         segments=segments,
         baseline=baseline,
         seed=seed,
-        first_image=first_image,
+        first_index=first_index,
         objective=objective,
         internal_batch_size=internal_batch_size,
         kernel_width=kernel_width,

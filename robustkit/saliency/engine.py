@@ -21,10 +21,9 @@ from robustkit.saliency.attribution import Attribution
 
 PREDICTED = -1  # target code: explain the class the model predicts
 DEFAULT_INTERNAL_BATCH_SIZE = 64
-NOISE_BLOCK_ROWS = 16  # rows drawn per random call; fixed, so draws do not depend on chunking
 SCALAR_INT = tf.TensorSpec((), tf.int32)
 SCALAR_FLOAT = tf.TensorSpec((), tf.float32)
-SEED_SPECS = [tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int64)]  # seed, first_image
+SEED_SPECS = [tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int64)]  # seed, first_index
 
 
 def target_probability(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -203,31 +202,6 @@ def chunked_logits(classifier: Classifier, x: tf.Tensor, chunk_size: tf.Tensor) 
         (tf.zeros((n, classifier.num_classes)),),
     )
     return logits
-
-
-def random_rows(
-    row_index: tf.Tensor,
-    shape: Sequence[int],
-    seed: tf.Tensor,
-    draw: Callable[[Sequence[int], tf.Tensor], tf.Tensor],
-) -> tf.Tensor:
-    """Random rows [B, *shape] for consecutive row numbers ``row_index`` [B].
-
-    Row r is fixed by ``seed`` and r alone: rows are drawn in blocks of
-    :data:`NOISE_BLOCK_ROWS` with the stateless seed (seed, block), so the same row has the
-    same bytes whichever rows are drawn with it. ``draw(shape, seed)`` is a stateless sampler
-    such as ``tf.random.stateless_normal``.
-    """
-    block_rows = NOISE_BLOCK_ROWS
-    first_block = row_index[0] // block_rows
-    blocks = tf.range(first_block, row_index[-1] // block_rows + 1)
-    drawn = tf.map_fn(
-        lambda block: draw((block_rows, *shape), tf.stack([seed, tf.cast(block, seed.dtype)])),
-        blocks,
-        fn_output_signature=tf.float32,
-    )
-    drawn = tf.reshape(drawn, (-1, *shape))
-    return tf.gather(drawn, row_index - first_block * block_rows)
 
 
 COMPILED_ATTRIBUTE = "_robustkit_saliency_functions"

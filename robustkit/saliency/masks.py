@@ -1,6 +1,6 @@
 """Features, masks, subsets and coalitions of the perturbation methods and metrics.
 
-Every random draw is keyed by (seed, first_image + image index, point index) through
+Every random draw is keyed by (seed, first_index + image index, point index) through
 :mod:`robustkit.seeding`, so what a point (one mask, subset or coalition of one image) draws does
 not depend on the batch or on the chunk it is computed in. The draws run in the graph, and also
 eagerly, so tests and users can look at the very masks a method used.
@@ -20,11 +20,11 @@ from robustkit.saliency.engine import positive_int
 
 
 def point_keys(
-    seed: tf.Tensor, first_image: tf.Tensor, image_index: tf.Tensor, point_index: tf.Tensor
+    seed: tf.Tensor, first_index: tf.Tensor, image_index: tf.Tensor, point_index: tf.Tensor
 ) -> tf.Tensor:
-    """Keys int32 [B, 2] of points ``point_index`` [B] of images ``first_image + image_index``
+    """Keys int32 [B, 2] of points ``point_index`` [B] of images ``first_index + image_index``
     [B] under an integer ``seed``."""
-    images = tf.cast(first_image, tf.int64) + tf.cast(image_index, tf.int64)
+    images = tf.cast(first_index, tf.int64) + tf.cast(image_index, tf.int64)
     seed_words = tf.stack([tf.cast(seed, tf.int32), tf.constant(0, tf.int32)])
     return seeding.fold_in(seeding.example_keys(seed_words, images), point_index)
 
@@ -119,7 +119,7 @@ def random_subsets(
 
 def shapley_coalitions(
     seed: tf.Tensor,
-    first_image: tf.Tensor,
+    first_index: tf.Tensor,
     image_index: tf.Tensor,
     sample_index: tf.Tensor,
     counts: tf.Tensor,
@@ -133,7 +133,7 @@ def shapley_coalitions(
     complementary pairs (sample 2j + 1 is the complement of sample 2j), which halves the
     variance of the estimate.
     """
-    keys = point_keys(seed, first_image, image_index, sample_index // 2)
+    keys = point_keys(seed, first_index, image_index, sample_index // 2)
     sizes = tf.range(1, max_count)[None, :]
     remaining = counts[:, None] - sizes
     odds = tf.where(remaining > 0, 1.0 / tf.cast(sizes * tf.maximum(remaining, 1), tf.float32), 0.0)
@@ -149,7 +149,7 @@ def shapley_coalitions(
 
 def lime_coalitions(
     seed: tf.Tensor,
-    first_image: tf.Tensor,
+    first_index: tf.Tensor,
     image_index: tf.Tensor,
     sample_index: tf.Tensor,
     counts: tf.Tensor,
@@ -157,6 +157,6 @@ def lime_coalitions(
 ) -> tf.Tensor:
     """LIME coalitions bool [B, max_count]: each of an image's ``counts`` [B] features is on
     with probability 1/2, independently (as ``lime_image`` samples)."""
-    keys = point_keys(seed, first_image, image_index, sample_index)
+    keys = point_keys(seed, first_index, image_index, sample_index)
     valid = tf.range(max_count)[None, :] < counts[:, None]
     return tf.logical_and(valid, seeding.uniform(keys, tf.reshape(max_count, (1,))) < 0.5)

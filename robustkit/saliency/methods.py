@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from robustkit import seeding
 from robustkit.errors import InputError
 from robustkit.gradients import guided_input_gradients, guided_relu_layers, input_gradients
 from robustkit.losses import LossFunction
@@ -34,9 +35,9 @@ from robustkit.saliency.engine import (
     image_spec,
     positive_int,
     prepare_inputs,
-    random_rows,
     sum_over_points,
 )
+from robustkit.saliency.masks import point_keys
 from robustkit.saliency.quadrature import quadrature
 
 AGGREGATIONS = ("mean", "abs", "square", "vargrad")
@@ -85,21 +86,16 @@ def _path_function(
 
 
 def _noise_function(classifier: Classifier, objective: LossFunction) -> Any:
-    """Compiled ``(x, sigma, samples, seed, first_image, targets, chunk)`` -> (logits, targets,
+    """Compiled ``(x, sigma, samples, seed, first_index, targets, chunk)`` -> (logits, targets,
     f(x), sum g, sum |g|, sum g²) over gradients g at x + sigma * noise; the noise of sample j
-    of image i is fixed by the seed and row (first_image + i) * samples + j."""
+    of image i is fixed by the seed, first_index + i and j alone (:func:`point_keys`)."""
 
-    def run(x, sigma, samples, seed, first_image, targets, chunk):
+    def run(x, sigma, samples, seed, first_index, targets, chunk):
         logits, targets, score = explained(classifier, objective, x, targets, chunk)
 
         def contributions(image_index, sample_index):
-            image_number = first_image + tf.cast(image_index, tf.int64)
-            noise = random_rows(
-                image_number * tf.cast(samples, tf.int64) + tf.cast(sample_index, tf.int64),
-                classifier.input_shape,
-                seed,
-                tf.random.stateless_normal,
-            )
+            keys = point_keys(seed, first_index, image_index, sample_index)
+            noise = seeding.normal(keys, classifier.input_shape)
             point = tf.gather(x, image_index) + sigma * noise
             gradient = input_gradients(
                 classifier, point, tf.gather(targets, image_index), loss=objective
@@ -250,7 +246,7 @@ def smoothgrad(
     samples: int = 50,
     aggregation: str = "mean",
     seed: int = 0,
-    first_image: int = 0,
+    first_index: int = 0,
     objective: str | LossFunction = "logit",
     internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
 ) -> Attribution:
@@ -263,9 +259,9 @@ def smoothgrad(
         aggregation: "mean" of the gradients, "abs" (mean of |g|), "square" (SmoothGrad-Sq,
             mean of g²) or "vargrad" (variance of g over the samples, Adebayo et al. 2018).
         seed: seed of the noise; the same seed gives the same bytes. Image i's noise depends
-            only on the seed and first_image + i, not on ``internal_batch_size``.
-        first_image: index of x[0] in a longer stream of images, so that a stream explained
-            in batches (first_image = images before the batch) gets the noise of one big call.
+            only on the seed and first_index + i, not on ``internal_batch_size``.
+        first_index: index of x[0] in a longer stream of images, so that a stream explained
+            in batches (first_index = images before the batch) gets the noise of one big call.
         target, objective, internal_batch_size: as for :func:`gradient`.
     """
     if aggregation not in AGGREGATIONS:
@@ -285,7 +281,7 @@ def smoothgrad(
         tf.constant(float(noise) * (high - low), tf.float32),
         tf.constant(samples, tf.int32),
         tf.constant(int(seed), tf.int64),
-        tf.constant(int(first_image), tf.int64),
+        tf.constant(int(first_index), tf.int64),
         targets,
         chunk,
     )
@@ -302,7 +298,7 @@ def smoothgrad(
         "samples": samples,
         "aggregation": aggregation,
         "seed": int(seed),
-        "first_image": int(first_image),
+        "first_index": int(first_index),
         **common_options(objective, chunk),
     }
     return Attribution(
@@ -325,7 +321,7 @@ def integrated_gradients(
     rule: str = "gauss_legendre",
     blur_sigma: float = DEFAULT_BLUR_SIGMA,
     seed: int = 0,
-    first_image: int = 0,
+    first_index: int = 0,
     objective: str | LossFunction = "logit",
     internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
 ) -> Attribution:
@@ -341,14 +337,14 @@ def integrated_gradients(
         steps: gradient evaluations per image.
         rule: "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid" or
             "gauss_legendre" (default: the most accurate for a smooth path).
-        seed, first_image: seed of the "uniform" baseline; image i's noise is fixed by the seed
-            and first_image + i (see :func:`smoothgrad`).
+        seed, first_index: seed of the "uniform" baseline; image i's noise is fixed by the seed
+            and first_index + i (see :func:`smoothgrad`).
         target, objective, internal_batch_size: as for :func:`gradient`.
     """
     alphas, weights = quadrature(rule, steps)
     classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
     reference = make_baseline(
-        classifier, x, baseline, seed=seed, first_image=first_image, blur_sigma=blur_sigma
+        classifier, x, baseline, seed=seed, first_index=first_index, blur_sigma=blur_sigma
     )
     logits, targets, score, baseline_score, path_sum = _integrate(
         classifier, x, reference, alphas, weights, targets, chunk, objective, True
@@ -361,7 +357,7 @@ def integrated_gradients(
         "steps": int(steps),
         "rule": rule,
         **({"blur_sigma": float(blur_sigma)} if kind == "blur" else {}),
-        **({"seed": int(seed), "first_image": int(first_image)} if kind == "uniform" else {}),
+        **({"seed": int(seed), "first_index": int(first_index)} if kind == "uniform" else {}),
         **common_options(objective, chunk),
     }
     return Attribution(

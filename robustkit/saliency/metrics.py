@@ -10,7 +10,7 @@
   test is :func:`~robustkit.saliency.checks.randomization_check` (Adebayo et al. 2018).
 
 Model-based metrics run compiled, in chunks (memory flat as samples grow), and draw their
-random subsets, noise and classes per (seed, first_image + image index, sample index).
+random subsets, noise and classes per (seed, first_index + image index, sample index).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class MetricResult:
 
 def _fidelity_function(classifier: Classifier, objective: LossFunction) -> Any:
     """Compiled ``(x, baseline, targets, pixel_maps, labels, counts, sizes, samples, seed,
-    first_image, chunk)`` -> moments [N, 5] float64 over the subsets S: sums of a, d, a², d²,
+    first_index, chunk)`` -> moments [N, 5] float64 over the subsets S: sums of a, d, a², d²,
     a d with a = the map summed over S, d = f(x) - f(x with S at the baseline)."""
     height, width, _ = classifier.input_shape
 
@@ -148,7 +148,7 @@ def mu_fidelity(
     patch_size: int | tuple[int, int] | None = None,
     baseline: Any = "black",
     seed: int = 0,
-    first_image: int = 0,
+    first_index: int = 0,
     objective: str | LossFunction = "logit",
     internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
 ) -> MetricResult:
@@ -165,7 +165,7 @@ def mu_fidelity(
         samples: subsets per image.
         subset_fraction: share of the features in each subset.
         baseline: what the removed pixels show (as the IG baselines, or a number).
-        seed, first_image: image i's subsets are fixed by the seed and first_image + i.
+        seed, first_index: image i's subsets are fixed by the seed and first_index + i.
         target, objective, internal_batch_size: as for deletion_insertion and the methods.
 
     Returns:
@@ -181,7 +181,7 @@ def mu_fidelity(
     n, (height, width, _) = int(x.shape[0]), classifier.input_shape
     labels, counts = feature_labels(n, height, width, None, patch_size)
     sizes = np.maximum(1, np.rint(float(subset_fraction) * counts)).astype(np.int32)
-    reference = make_baseline(classifier, x, baseline, seed=seed, first_image=first_image)
+    reference = make_baseline(classifier, x, baseline, seed=seed, first_index=first_index)
     function = compiled(
         classifier,
         ("mu_fidelity", objective),
@@ -197,7 +197,7 @@ def mu_fidelity(
         tf.constant(sizes),
         tf.constant(samples),
         tf.constant(int(seed), tf.int32),
-        tf.constant(int(first_image), tf.int64),
+        tf.constant(int(first_index), tf.int64),
         chunk,
     ).numpy()
     share, drop, share_squares, drop_squares, products = (moments / samples).T
@@ -211,7 +211,7 @@ def mu_fidelity(
         "patch_size": list(patch_shape(patch_size, height, width)),
         "baseline": baseline_name(baseline),
         "seed": int(seed),
-        "first_image": int(first_image),
+        "first_index": int(first_index),
         **common_options(objective, chunk),
     }
     return MetricResult("mu_fidelity", values, targets.numpy().astype(np.int64), options)
@@ -235,7 +235,7 @@ def stability(
     samples: int = 10,
     norm: str = "l2",
     seed: int = 0,
-    first_image: int = 0,
+    first_index: int = 0,
     **method_options: Any,
 ) -> MetricResult:
     """Average and max sensitivity (Yeh et al. 2019): how far the map moves, ||map(y) -
@@ -250,7 +250,7 @@ def stability(
         radius: half-width of the ball as a fraction of the input range.
         samples: perturbed copies per image.
         norm: "l2" (Frobenius norm of the map difference) or "linf" (its largest entry).
-        seed, first_image: image i's perturbations are fixed by the seed and first_image + i.
+        seed, first_index: image i's perturbations are fixed by the seed and first_index + i.
         method_options: passed to the method (a seeded method keeps its own seed).
 
     Returns:
@@ -267,7 +267,7 @@ def stability(
     original = attribute(classifier, x, target, **method_options)
     x = classifier.validate_images(x)
     low, high = classifier.bounds
-    images = tf.range(int(x.shape[0]), dtype=tf.int64) + int(first_image)
+    images = tf.range(int(x.shape[0]), dtype=tf.int64) + int(first_index)
     image_keys = seeding.example_keys(tf.constant([int(seed), 0], tf.int32), images)
     total = np.zeros(len(original))
     largest = np.zeros(len(original))
@@ -289,7 +289,7 @@ def stability(
         "samples": samples,
         "norm": norm,
         "seed": int(seed),
-        "first_image": int(first_image),
+        "first_index": int(first_index),
     }
     return MetricResult(
         "stability",
@@ -346,13 +346,13 @@ def random_logit(
     *,
     absolute: bool = True,
     seed: int = 0,
-    first_image: int = 0,
+    first_index: int = 0,
     **method_options: Any,
 ) -> MetricResult:
     """Random-logit test (Sixt et al. 2020): does the map change with the explained class?
 
     Each image is explained for its target and for a class drawn uniformly among the other
-    K - 1 (keyed by the seed and first_image + i); the values are the Spearman rank
+    K - 1 (keyed by the seed and first_index + i); the values are the Spearman rank
     correlations of the two channel-reduced maps (magnitudes when ``absolute``), as in
     :func:`~robustkit.saliency.checks.randomization_check`, where Sixt et al. used SSIM. A
     class-sensitive method gives low correlations; NaN where a map is constant.
@@ -365,7 +365,7 @@ def random_logit(
     if check_classifier(classifier).num_classes < 2:
         raise InputError("The random-logit test needs a model with at least 2 classes.")
     original = attribute(classifier, x, target, **method_options)
-    images = tf.range(len(original), dtype=tf.int64) + int(first_image)
+    images = tf.range(len(original), dtype=tf.int64) + int(first_index)
     keys = seeding.example_keys(tf.constant([int(seed), 0], tf.int32), images)
     draw = seeding.integers(keys, classifier.num_classes - 1).numpy()
     other = draw + (draw >= original.target)  # skip the target itself
@@ -377,7 +377,7 @@ def random_logit(
         "method": original.method,
         "absolute": bool(absolute),
         "seed": int(seed),
-        "first_image": int(first_image),
+        "first_index": int(first_index),
     }
     return MetricResult(
         "random_logit", values, original.target, options, extra={"random_target": other}

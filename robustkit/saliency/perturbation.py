@@ -6,7 +6,7 @@ as one ``tf.function``: all images × windows (masks, coalitions) forward passes
 ``internal_batch_size`` (see :mod:`robustkit.saliency.engine`), so memory stays flat as the
 number of masks grows. Masked pixels take the value of a baseline image, as the IG baselines
 ("black", "white", "uniform", "blur", a number or an array). Random masks are keyed by
-(seed, first_image + image index, mask index), so they do not depend on batch or chunk sizes.
+(seed, first_index + image index, mask index), so they do not depend on batch or chunk sizes.
 """
 
 from __future__ import annotations
@@ -127,14 +127,14 @@ def occlusion(
 
 def _rise_function(classifier: Classifier, objective: LossFunction) -> Any:
     """Compiled ``(x, baseline, targets, grid_size, keep_probability, samples, seed,
-    first_image, chunk)`` -> (logits, targets, f(x), maps [N, H, W, 1])."""
+    first_index, chunk)`` -> (logits, targets, f(x), maps [N, H, W, 1])."""
     height, width, _ = classifier.input_shape
 
-    def run(x, baseline, targets, grid_size, keep_probability, samples, seed, first_image, chunk):
+    def run(x, baseline, targets, grid_size, keep_probability, samples, seed, first_index, chunk):
         logits, targets, score = explained(classifier, objective, x, targets, chunk)
 
         def contributions(image_index, mask_index):
-            keys = point_keys(seed, first_image, image_index, mask_index)
+            keys = point_keys(seed, first_index, image_index, mask_index)
             mask = rise_masks(keys, grid_size, keep_probability, height, width)
             start = tf.gather(baseline, image_index)
             point = start + mask * (tf.gather(x, image_index) - start)
@@ -171,7 +171,7 @@ def rise(
     keep_probability: float = 0.5,
     baseline: Any = "black",
     seed: int = 0,
-    first_image: int = 0,
+    first_index: int = 0,
     objective: str | LossFunction = "logit",
     internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
 ) -> Attribution:
@@ -188,7 +188,7 @@ def rise(
         grid_size: cells per side of the low-resolution mask grid.
         keep_probability: chance that a cell shows the image.
         baseline: what a masked pixel shows (the paper: "black").
-        seed, first_image: the masks of image i are fixed by the seed and first_image + i (see
+        seed, first_index: the masks of image i are fixed by the seed and first_index + i (see
             :func:`~robustkit.saliency.smoothgrad`).
         target, objective, internal_batch_size: as for :func:`~robustkit.saliency.gradient`.
     """
@@ -197,7 +197,7 @@ def rise(
     if not 0 < float(keep_probability) < 1:
         raise InputError(f"keep_probability must be in (0, 1), got {keep_probability!r}.")
     classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
-    reference = make_baseline(classifier, x, baseline, seed=seed, first_image=first_image)
+    reference = make_baseline(classifier, x, baseline, seed=seed, first_index=first_index)
     function = compiled(
         classifier,
         ("rise", objective),
@@ -211,7 +211,7 @@ def rise(
         tf.constant(float(keep_probability)),
         tf.constant(samples),
         tf.constant(int(seed), tf.int32),
-        tf.constant(int(first_image), tf.int64),
+        tf.constant(int(first_index), tf.int64),
         chunk,
     )
     logits, targets, score, maps = (r.numpy() for r in results)
@@ -221,7 +221,7 @@ def rise(
         "keep_probability": float(keep_probability),
         "baseline": baseline_name(baseline),
         "seed": int(seed),
-        "first_image": int(first_image),
+        "first_index": int(first_index),
         **common_options(objective, chunk),
     }
     return build_attribution("rise", maps, logits, targets, score, options)

@@ -8,7 +8,7 @@ from robustkit.errors import InputError
 from robustkit.models import Classifier
 from robustkit.saliency.attribution import Attribution
 from robustkit.saliency.cam import grad_cam_plus_plus, layer_cam, score_cam
-from robustkit.saliency.coalitions import kernel_shap
+from robustkit.saliency.coalitions import kernel_shap, lime
 from robustkit.saliency.gradcam import grad_cam
 from robustkit.saliency.methods import (
     gradient,
@@ -36,6 +36,7 @@ METHODS = {
     "occlusion": occlusion,
     "rise": rise,
     "kernel_shap": kernel_shap,
+    "lime": lime,
 }
 METHOD_ALIASES = {
     "ig": "integrated_gradients",

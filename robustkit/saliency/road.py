@@ -133,12 +133,12 @@ class RoadCurves:
 
 
 def _road_function(classifier: Classifier) -> Any:
-    """Compiled ``(x, ranks, counts, targets, noise, seed, first_image, chunk)`` ->
+    """Compiled ``(x, ranks, counts, targets, noise, seed, first_index, chunk)`` ->
     (probabilities, correct) [N, 2S]: columns 0..S-1 MoRF, S..2S-1 LeRF."""
     height, width, _ = classifier.input_shape
     pixels = height * width
 
-    def run(x, ranks, counts, targets, noise, seed, first_image, chunk):
+    def run(x, ranks, counts, targets, noise, seed, first_index, chunk):
         n = tf.shape(x)[0]
         points = 2 * tf.size(counts)
 
@@ -147,7 +147,7 @@ def _road_function(classifier: Classifier) -> Any:
             rank = tf.gather(ranks, image_index)
             most_relevant_first = (point_index < tf.size(counts))[:, None]
             removed = tf.where(most_relevant_first, rank < count, rank >= pixels - count)
-            keys = point_keys(seed, first_image, image_index, point_index)
+            keys = point_keys(seed, first_index, image_index, point_index)
             image = noisy_linear_imputation(
                 tf.gather(x, image_index),
                 tf.reshape(removed, (-1, height, width, 1)),
@@ -186,7 +186,7 @@ def road(
     noise: float = 0.01,
     reduction: str = "sum",
     seed: int = 0,
-    first_image: int = 0,
+    first_index: int = 0,
     internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
 ) -> RoadCurves:
     """ROAD MoRF and LeRF curves (Rong et al. 2022) with noisy linear imputation.
@@ -204,7 +204,7 @@ def road(
             (the paper: 0.01); imputed pixels are not clipped to the bounds.
         reduction: channel reduction that ranks the pixels (see
             :func:`~robustkit.saliency.render.reduce_channels`).
-        seed, first_image: the noise of image i is fixed by the seed and first_image + i.
+        seed, first_index: the noise of image i is fixed by the seed and first_index + i.
         internal_batch_size: imputations and forward passes per chunk.
     """
     values = np.asarray(fractions, np.float64).ravel()
@@ -228,7 +228,7 @@ def road(
             targets,
             tf.constant(float(noise) * (high - low), tf.float32),
             tf.constant(int(seed), tf.int32),
-            tf.constant(int(first_image), tf.int64),
+            tf.constant(int(first_index), tf.int64),
             chunk,
         )
     )
@@ -244,7 +244,7 @@ def road(
             "noise": float(noise),
             "reduction": reduction,
             "seed": int(seed),
-            "first_image": int(first_image),
+            "first_index": int(first_index),
             "internal_batch_size": int(chunk),
         },
     )

@@ -61,5 +61,5 @@ def test_refusals_come_before_any_output(classifier, tmp_path):
             classifier, tmp_path / "in", out, "gradcam", render=RenderOptions("diverging")
         )
     with pytest.raises(InputError, match="Unknown saliency method"):
-        explain_folder(classifier, tmp_path / "in", out, "lime")
+        explain_folder(classifier, tmp_path / "in", out, "no_such_method")
     assert not out.exists()

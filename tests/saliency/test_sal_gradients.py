@@ -139,16 +139,16 @@ def test_smoothgrad_same_seed_same_bytes_other_seed_other_maps() -> None:
     assert not np.array_equal(first, smoothgrad(classifier, x, 0, samples=9, seed=12).maps)
 
 
-def test_streaming_in_batches_with_first_image_gives_the_noise_of_one_call() -> None:
+def test_streaming_in_batches_with_first_index_gives_the_noise_of_one_call() -> None:
     classifier = quadratic_classifier(np.array([1.0, -2.0, 0.5, 3.0]))
     x = RNG.random((5, 2, 2, 1), dtype=np.float32)
     whole = smoothgrad(classifier, x, 0, samples=6, seed=2).maps
     parts = [
-        smoothgrad(classifier, x[i : i + 2], 0, samples=6, seed=2, first_image=i).maps
+        smoothgrad(classifier, x[i : i + 2], 0, samples=6, seed=2, first_index=i).maps
         for i in (0, 2, 4)
     ]
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-6)
-    shifted = smoothgrad(classifier, x[2:], 0, samples=6, seed=2).maps  # without first_image
+    shifted = smoothgrad(classifier, x[2:], 0, samples=6, seed=2).maps  # without first_index
     assert not np.allclose(shifted, whole[2:])
 
 
@@ -218,7 +218,7 @@ def test_bad_targets_and_options_raise_input_errors(linear: Classifier) -> None:
     with pytest.raises(InputError):
         gradient(linear, X[:0])
     with pytest.raises(InputError):
-        attribute(linear, X, "lime")
+        attribute(linear, X, "no_such_method")
     with pytest.raises(InputError):
         gradient(linear.model, X)  # not a Classifier
 

@@ -136,7 +136,7 @@ def test_guided_backprop_needs_relu_layers_of_a_keras_model() -> None:
 def test_square_grad_and_vargrad_are_the_smoothgrad_aggregations(method, aggregation) -> None:
     keras.utils.set_random_seed(4)
     classifier = Classifier(relu_net())
-    options = {"noise": 0.2, "samples": 9, "seed": 5, "first_image": 3, "internal_batch_size": 4}
+    options = {"noise": 0.2, "samples": 9, "seed": 5, "first_index": 3, "internal_batch_size": 4}
     named = method(classifier, X, 1, **options)
     reference = smoothgrad(classifier, X, 1, aggregation=aggregation, **options)
     assert named.maps.tobytes() == reference.maps.tobytes()

@@ -113,7 +113,7 @@ def test_mu_fidelity_is_seeded_and_independent_of_chunks_and_batches(linear: Cla
             linear, X, maps, 0, samples=20, patch_size=1, seed=9, internal_batch_size=chunk
         )
         np.testing.assert_allclose(chunked.values, reference.values, atol=1e-6)
-    tail = mu_fidelity(linear, X[1:], maps[1:], 0, samples=20, patch_size=1, seed=9, first_image=1)
+    tail = mu_fidelity(linear, X[1:], maps[1:], 0, samples=20, patch_size=1, seed=9, first_index=1)
     np.testing.assert_allclose(tail.values, reference.values[1:], atol=1e-6)
     with pytest.raises(InputError):
         mu_fidelity(linear, X, maps, subset_fraction=1.0)
@@ -193,7 +193,7 @@ def test_road_noise_is_seeded_and_independent_of_chunks_and_batches(linear: Clas
     chunked = road(linear, X, saliency, fractions=[0.3, 0.6], seed=2, internal_batch_size=1)
     np.testing.assert_allclose(chunked.morf, reference.morf, atol=1e-6)
     np.testing.assert_allclose(chunked.lerf, reference.lerf, atol=1e-6)
-    tail = road(linear, X[2:], saliency.maps[2:], 1, fractions=[0.3, 0.6], seed=2, first_image=2)
+    tail = road(linear, X[2:], saliency.maps[2:], 1, fractions=[0.3, 0.6], seed=2, first_index=2)
     np.testing.assert_allclose(tail.lerf, reference.lerf[2:], atol=1e-6)
     with pytest.raises(InputError):
         road(linear, X, saliency, fractions=[1.0])
@@ -221,7 +221,7 @@ def test_sensitivity_of_the_gradient_of_a_quadratic_matches_the_same_noise() -> 
     )
     np.testing.assert_allclose(result.values, distances.mean(0), rtol=1e-4)
     np.testing.assert_allclose(result.extra["max_sensitivity"], distances.max(0), rtol=1e-4)
-    tail = stability(classifier, x[1:], "gradient", 0, radius=0.1, samples=6, seed=8, first_image=1)
+    tail = stability(classifier, x[1:], "gradient", 0, radius=0.1, samples=6, seed=8, first_index=1)
     np.testing.assert_allclose(tail.values, result.values[1:], rtol=1e-6)
     linf = stability(classifier, x, "gradient", 0, radius=0.1, samples=6, seed=8, norm="linf")
     assert np.all(linf.values <= result.values + 1e-7)
@@ -247,5 +247,5 @@ def test_random_logit_compares_the_maps_of_the_target_and_a_random_other_class(
         assert result.values[i] == pytest.approx(expected)
     again = random_logit(linear, x, gradient, 1, seed=5)
     np.testing.assert_array_equal(again.extra["random_target"], others)
-    tail = random_logit(linear, x[10:], "gradient", 1, seed=5, first_image=10)
+    tail = random_logit(linear, x[10:], "gradient", 1, seed=5, first_index=10)
     np.testing.assert_array_equal(tail.extra["random_target"], others[10:])

@@ -128,7 +128,7 @@ def test_rise_streaming_seeding_and_chunking(linear: Classifier) -> None:
     again = rise(linear, X, 0, samples=20, seed=3, internal_batch_size=7)
     assert whole.maps.tobytes() == again.maps.tobytes()
     parts = [
-        rise(linear, X[i : i + 1], 0, samples=20, seed=3, first_image=i).maps for i in range(3)
+        rise(linear, X[i : i + 1], 0, samples=20, seed=3, first_index=i).maps for i in range(3)
     ]
     np.testing.assert_allclose(np.concatenate(parts), whole.maps, rtol=1e-5, atol=1e-6)
     for chunk in (1, 13, 1000):
@@ -249,7 +249,7 @@ def test_coalition_methods_are_seeded_and_independent_of_chunking(linear: Classi
                 classifier, x, 0, patch_size=1, samples=30, seed=7, internal_batch_size=chunk
             )
             np.testing.assert_allclose(chunked.maps, reference.maps, atol=1e-5)
-        tail = method(classifier, x[2:], 0, patch_size=1, samples=30, seed=7, first_image=2)
+        tail = method(classifier, x[2:], 0, patch_size=1, samples=30, seed=7, first_index=2)
         np.testing.assert_allclose(tail.maps, reference.maps[2:], atol=1e-5)
 
 
