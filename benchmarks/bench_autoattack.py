@@ -10,7 +10,9 @@ and writes everything to ``--out`` as JSON.
     python benchmarks/bench_autoattack.py --peer-python /work/benchvenv/bin/python \\
         --setting examples/mnist_robust.keras linf 0.3 --count 500
 
-``--attack square --queries 1000`` compares Square alone with the reference Square instead.
+``--attack square --queries 1000`` compares Square alone with the reference Square instead, and
+``--attack apgd-ce`` APGD-CE alone (100 steps, one restart) with the reference's (torchattacks'
+``APGD``, fra31's settings).
 ``--reference-json FILE`` (one per setting, in order) reuses a saved reference run instead of
 running it again: accuracies compare exactly, but the time ratio then comes from two runs.
 Digits are MNIST test digits ``--first`` .. ``--first + --count - 1`` (8000.. are held out from
@@ -34,13 +36,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import tensorflow as tf
 
-from robustkit.attacks import Square
+from robustkit.attacks import APGD, Square, is_robust
 from robustkit.evaluation import evaluate
 from robustkit.io import from_uint8, load_mnist
 from robustkit.models import load_classifier
 from robustkit.norms import make_norm
 
 HERE = Path(__file__).resolve().parent
+
+
+SINGLE_ATTACKS = {
+    "square": lambda norm, eps, args: Square(norm, eps, queries=args.queries, seed=args.seed),
+    "apgd-ce": lambda norm, eps, args: APGD(norm, eps, steps=100, seed=args.seed),
+}
 
 
 def digits(directory: str, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,16 +60,17 @@ def digits(directory: str, first: int, count: int) -> tuple[np.ndarray, np.ndarr
 def ours(
     model: str, norm: str, eps: float, x: np.ndarray, y: np.ndarray, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """robustkit on the digits: a suite through evaluate(), or Square alone."""
+    """robustkit on the digits: a suite through evaluate(), or one attack alone."""
     classifier = load_classifier(model)
     started = time.perf_counter()
-    if args.attack == "square":
-        attack = Square(norm, eps, queries=args.queries, seed=args.seed)
+    if args.attack in SINGLE_ATTACKS:
+        attack = SINGLE_ATTACKS[args.attack](norm, eps, args)
         result = attack(classifier, x, y, batch_size=args.batch_size)
-        robust = (result.clean_pred == y) & ~result.success
+        robust = is_robust(result.clean_pred == y, result.adv_pred != y)
         seconds = time.perf_counter() - started
+        name = f"square-{args.queries}" if args.attack == "square" else args.attack
         return {"robust_flags": robust.tolist(), "robust_accuracy": float(robust.mean()),
-                "seconds": seconds, "suite": f"square-{args.queries}"}  # fmt: skip
+                "seconds": seconds, "suite": name}  # fmt: skip
     runs = {}
     for suite in ["standard", *(["quick"] if args.quick else [])]:
         started = time.perf_counter()
@@ -136,7 +145,7 @@ def main() -> None:
     parser.add_argument("--mnist", default=str(HERE.parent.parent / "shared" / "data" / "mnist"))
     parser.add_argument("--first", type=int, default=8000)
     parser.add_argument("--count", type=int, default=500)
-    parser.add_argument("--attack", choices=["standard", "square"], default="standard")
+    parser.add_argument("--attack", choices=["standard", *SINGLE_ATTACKS], default="standard")
     parser.add_argument("--queries", type=int, default=5000, help="Square's queries")
     parser.add_argument("--quick", action="store_true", help="also robustkit's quick suite")
     parser.add_argument("--batch-size", type=int, default=500)
@@ -156,7 +165,7 @@ def main() -> None:
         mine = ours(model, norm, eps, x, y, args)
         saved = args.reference_json[index] if args.reference_json else None
         theirs = json.loads(Path(saved).read_text()) if saved else reference(model, norm, eps, args)
-        runs = {mine["suite"]: mine} if args.attack == "square" else mine
+        runs = {mine["suite"]: mine} if args.attack in SINGLE_ATTACKS else mine
         for name, run in runs.items():
             rows.append({"model": model, "norm": norm, "eps": eps, **compare(name, run, theirs)})
         rows[-1]["reference"] = {k: v for k, v in theirs.items() if k != "robust_flags"}
