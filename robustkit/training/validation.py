@@ -98,14 +98,17 @@ class Validator:
         require_gradient_attack(attack, "validation_attack")
         return spec, attack
 
-    def measure(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        """Metrics of x float32 [N, H, W, C] in bounds with labels y int [N] (N >= 1).
+    def measure(self, x: Any, y: Any) -> dict[str, float]:
+        """Metrics of images x [N, H, W, C] (floats in bounds) with labels y int [N], N >= 1.
 
         Returns ``{"clean_loss", "clean_accuracy", "adv_loss", "adv_accuracy"}``: mean
         cross-entropy (nats) and accuracy on the clean images; the same at the adversarial each
         example keeps (its breaking point, or the strongest point found when none broke it);
         adv_accuracy is robust accuracy.
         """
+        x = self.classifier.validate_images(x, name="validation images").numpy()
+        if len(x) == 0:
+            raise InputError("The validation images hold no examples.")
         y = self.classifier.validate_labels(y, len(x), name="validation labels").numpy()
         chunk = self.executor.chunk_size
         clean_logits = self.classifier.predict_logits(x, chunk)

@@ -113,3 +113,13 @@ def test_bad_validation_attacks_fail_before_training() -> None:
     for wrong in ([], "quick"):
         with pytest.raises(InputError, match="non-empty sequence"):
             AdversarialTrainer(model, sgd, attack, validation_attack=wrong)
+
+
+def test_bad_validation_data_fails_clearly() -> None:
+    trainer = AdversarialTrainer(small_cnn(), keras.optimizers.SGD(0.1), PGD("linf", EPS))
+    with pytest.raises(InputError, match="no examples"):
+        trainer.evaluate(X_VAL[:0], Y_VAL[:0])
+    with pytest.raises(InputError, match="classes"):
+        trainer.evaluate(X_VAL, Y_VAL + 3)
+    with pytest.raises(InputError, match="validation images"):
+        trainer.fit((X, Y), 1, validation=(X_VAL * 255, Y_VAL))
