@@ -270,3 +270,41 @@ def test_one_trace_for_all_batch_sizes_history_and_tensorboard(tmp_path) -> None
                 logged[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
     assert logged[("adv_accuracy", 1)] == pytest.approx(history.history["adv_accuracy"][1])
     assert logged[("clean_loss", 0)] == pytest.approx(history.history["clean_loss"][0])
+
+
+def test_resume_restores_the_guards_state(tmp_path) -> None:
+    """The early stopping's best and wait and the guard's reference come back from the
+    checkpoint: robust accuracy stalls at 0 from epoch 0, so patience 2 runs out after epoch 2
+    in the resumed run too (a fresh count would start again at epoch 2)."""
+
+    def trainer(seed: int) -> AdversarialTrainer:
+        return AdversarialTrainer(
+            small_cnn(seed=seed),
+            keras.optimizers.SGD(0.05),
+            PGD("linf", 0.1),
+            method="fast",
+            overfit_guard="monitor",
+            guard_size=32,
+            patience=2,
+            seed=1,
+        )
+
+    options = {"validation": (X_VAL, Y_VAL), "batch_size": 16}
+    straight = trainer(1)
+    expected = straight.fit((X, Y), 4, **options)
+    assert expected.epoch == [0, 1, 2] and expected.stop_reason == "patience"
+    trainer(1).fit((X, Y), 2, checkpoint_dir=str(tmp_path), **options)
+    resumed = trainer(9)
+    history = resumed.fit((X, Y), 4, checkpoint_dir=str(tmp_path), resume=True, **options)
+    assert history.epoch == [0, 1, 2] and history.stop_reason == "patience"
+    for name in ("guard_accuracy", "guard_fired", "val_adv_accuracy"):
+        assert history.history[name] == expected.history[name], name
+    assert resumed.guard.reference == straight.guard.reference
+    assert resumed.guard.firings == straight.guard.firings
+    stopping, reference = resumed.early_stopping, straight.early_stopping
+    assert (stopping.best, stopping.best_epoch, stopping.wait, stopping.stopped_epoch) == (
+        reference.best,
+        reference.best_epoch,
+        reference.wait,
+        2,
+    )
