@@ -1,10 +1,14 @@
 """Exception and warning types that robustkit users catch.
 
 Every error robustkit raises on bad input is a :class:`RobustkitError` whose message
-says what was wrong and how to fix it.
+says what was wrong and how to fix it; :func:`positive_int` is the one check of a count.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
 
 
 class RobustkitError(Exception):
@@ -41,3 +45,12 @@ class OutputExistsError(RobustkitError):
 
 class RobustkitWarning(UserWarning):
     """Warnings robustkit emits, e.g. when logits cannot be recovered from a softmax head."""
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an int >= 1 (a count: steps, restarts, samples, ...), or InputError."""
+    if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.integer)):
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}.")
+    if int(value) != value or int(value) < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}.")
+    return int(value)

@@ -29,7 +29,7 @@ from robustkit.attacks.search import (
     normalised_start,
     while_active,
 )
-from robustkit.errors import InputError
+from robustkit.errors import InputError, positive_int
 from robustkit.gradients import input_gradients
 from robustkit.losses import dlr_targeted, get_attack_loss
 from robustkit.models import Classifier
@@ -81,14 +81,10 @@ class APGD(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(norm, eps, early_stop=early_stop, seed=seed)
-        if int(steps) < 1:
-            raise InputError(f"steps must be >= 1, got {steps!r}.")
-        if int(restarts) < 1:
-            raise InputError(f"restarts must be >= 1, got {restarts!r}.")
         if not 0 < float(rho) <= 1:
             raise InputError(f"rho must be in (0, 1], got {rho!r}.")
-        self.steps = int(steps)
-        self.restarts = int(restarts)
+        self.steps = positive_int(steps, "steps")
+        self.restarts = positive_int(restarts, "restarts")
         self.loss = loss
         self._loss_function = get_attack_loss(loss)
         self.rho = float(rho)
@@ -293,8 +289,7 @@ class APGDT(APGD):
         early_stop: bool = True,
         seed: int = 0,
     ) -> None:
-        if int(targets) < 1:
-            raise InputError(f"targets must be >= 1, got {targets!r}.")
+        targets = positive_int(targets, "targets")
         super().__init__(
             norm, eps, steps=steps, restarts=restarts, loss="dlr", rho=rho,
             early_stop=early_stop, seed=seed,

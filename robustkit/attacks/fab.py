@@ -42,7 +42,7 @@ from robustkit.attacks.search import (
     normalised_start,
     while_active,
 )
-from robustkit.errors import InputError
+from robustkit.errors import InputError, positive_int
 from robustkit.gradients import input_gradients
 from robustkit.losses import margin
 from robustkit.models import Classifier
@@ -201,18 +201,15 @@ class FABT(Attack):
         super().__init__(norm, eps, early_stop=early_stop, seed=seed)
         if self.norm.name not in PROJECTIONS:
             raise InputError(f"FABT supports the linf and l2 norms, got {self.norm.name!r}.")
-        for name, value in (("steps", steps), ("restarts", restarts), ("targets", targets)):
-            if int(value) < 1:
-                raise InputError(f"{name} must be >= 1, got {value!r}.")
         if not 0 <= float(alpha_max) <= 1:
             raise InputError(f"alpha_max must be in [0, 1], got {alpha_max!r}.")
         if not float(eta) > 0:
             raise InputError(f"eta must be > 0 (1.05 overshoots by 5%), got {eta!r}.")
         if not 0 < float(beta) <= 1:
             raise InputError(f"beta must be in (0, 1], got {beta!r}.")
-        self.steps = int(steps)
-        self.restarts = int(restarts)
-        self.targets = int(targets)
+        self.steps = positive_int(steps, "steps")
+        self.restarts = positive_int(restarts, "restarts")
+        self.targets = positive_int(targets, "targets")
         self.alpha_max = float(alpha_max)
         self.eta = float(eta)
         self.beta = float(beta)

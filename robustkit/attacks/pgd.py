@@ -21,7 +21,7 @@ from robustkit.attacks.search import (
     keep_best,
     while_active,
 )
-from robustkit.errors import InputError
+from robustkit.errors import InputError, positive_int
 from robustkit.gradients import input_gradients
 from robustkit.losses import LossFunction, get_attack_loss
 from robustkit.models import Classifier
@@ -70,10 +70,7 @@ class PGD(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(norm, eps, early_stop=early_stop, seed=seed)
-        if int(steps) < 1:
-            raise InputError(f"steps must be >= 1, got {steps!r}.")
-        if int(restarts) < 1:
-            raise InputError(f"restarts must be >= 1, got {restarts!r}.")
+        steps, restarts = positive_int(steps, "steps"), positive_int(restarts, "restarts")
         if step_size is not None and rel_step_size is not None:
             raise InputError("Give step_size or rel_step_size, not both.")
         if step_size is None and rel_step_size is None:

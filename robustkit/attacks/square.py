@@ -48,7 +48,7 @@ from robustkit.attacks.square_windows import (
     pseudo_gaussian_window,
     square_mask,
 )
-from robustkit.errors import InputError
+from robustkit.errors import InputError, positive_int
 from robustkit.losses import LossFunction, get_attack_loss
 from robustkit.models import Classifier
 from robustkit.norms import Norm
@@ -99,15 +99,11 @@ class Square(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(norm, eps, early_stop=early_stop, seed=seed)
-        if int(queries) < 1:
-            raise InputError(f"queries must be >= 1, got {queries!r}.")
         if not 0 < float(p_init) <= 1:
             raise InputError(f"p_init must be in (0, 1], got {p_init!r}.")
-        if int(restarts) < 1:
-            raise InputError(f"restarts must be >= 1, got {restarts!r}.")
-        self.queries = int(queries)
+        self.queries = positive_int(queries, "queries")
         self.p_init = float(p_init)
-        self.restarts = int(restarts)
+        self.restarts = positive_int(restarts, "restarts")
         self.loss = loss
         self._loss_function = get_attack_loss(loss)
 

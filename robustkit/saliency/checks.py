@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from robustkit.errors import InputError
+from robustkit.errors import InputError, positive_int
 from robustkit.gradients import all_layers
 from robustkit.models import Classifier
 from robustkit.saliency.attribution import Attribution
@@ -26,7 +26,6 @@ from robustkit.saliency.engine import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     compiled,
     image_spec,
-    positive_int,
     prepare_inputs,
     sum_over_points,
     target_probability,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from robustkit.errors import InputError
+from robustkit.errors import InputError, positive_int
 from robustkit.losses import LossFunction
 from robustkit.models import Classifier
 from robustkit.saliency.attribution import Attribution
@@ -33,7 +33,6 @@ from robustkit.saliency.engine import (
     explained,
     get_objective,
     image_spec,
-    positive_int,
     prepare_inputs,
     sum_over_points,
 )

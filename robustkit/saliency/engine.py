@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from robustkit.errors import InputError
+from robustkit.errors import InputError, positive_int
 from robustkit.losses import LossFunction, class_logit
 from robustkit.models import Classifier
 from robustkit.saliency.attribution import Attribution
@@ -92,15 +92,6 @@ def check_classifier(classifier: Any) -> Classifier:
     if not isinstance(classifier, Classifier):
         raise InputError("Pass a robustkit Classifier: wrap your model as Classifier(model).")
     return classifier
-
-
-def positive_int(value: Any, name: str) -> int:
-    """``value`` as an int >= 1, or InputError."""
-    if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.integer)):
-        raise InputError(f"{name} must be an integer >= 1, got {value!r}.")
-    if int(value) != value or int(value) < 1:
-        raise InputError(f"{name} must be an integer >= 1, got {value!r}.")
-    return int(value)
 
 
 def resolve_targets(classifier: Classifier, target: Any, n: int) -> tf.Tensor:

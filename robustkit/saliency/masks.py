@@ -15,8 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from robustkit import seeding
-from robustkit.errors import InputError
-from robustkit.saliency.engine import positive_int
+from robustkit.errors import InputError, positive_int
 
 
 def point_keys(

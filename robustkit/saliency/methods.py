@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from robustkit import seeding
-from robustkit.errors import InputError
+from robustkit.errors import InputError, positive_int
 from robustkit.gradients import guided_input_gradients, guided_relu_layers, input_gradients
 from robustkit.losses import LossFunction
 from robustkit.models import Classifier
@@ -33,7 +33,6 @@ from robustkit.saliency.engine import (
     explained,
     get_objective,
     image_spec,
-    positive_int,
     prepare_inputs,
     sum_over_points,
 )

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from robustkit import seeding
-from robustkit.errors import InputError
+from robustkit.errors import InputError, positive_int
 from robustkit.losses import LossFunction
 from robustkit.models import Classifier
 from robustkit.saliency.attribution import Attribution
@@ -38,7 +38,6 @@ from robustkit.saliency.engine import (
     explained,
     get_objective,
     image_spec,
-    positive_int,
     sum_over_points,
 )
 from robustkit.saliency.masks import feature_labels, patch_shape, point_keys, random_subsets

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robustkit.errors import InputError
-from robustkit.saliency.engine import positive_int
+from robustkit.errors import InputError, positive_int
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre")
 
