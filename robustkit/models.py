@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,14 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from robustkit.errors import (
-    InputError,
-    ModelLoadError,
-    ModelNotFoundError,
-    NotAModelError,
-    RobustkitWarning,
-    UnsafeModelError,
-)
+from robustkit.errors import InputError, RobustkitWarning
+from robustkit.model_files import load_keras_model
 
 logger = logging.getLogger(__name__)
 
@@ -366,49 +359,3 @@ def load_classifier(
     preprocessing, output, input_shape, ...)."""
     model = load_keras_model(path, safe_mode=safe_mode, custom_objects=custom_objects)
     return Classifier(model, **classifier_options)
-
-
-def load_keras_model(
-    path: str | os.PathLike[str],
-    *,
-    safe_mode: bool = True,
-    custom_objects: dict[str, Any] | None = None,
-) -> keras.Model:
-    """Load a ``.keras`` or ``.h5`` model file, uncompiled.
-
-    ``safe_mode`` stays on unless the caller explicitly turns it off.
-
-    Raises:
-        ModelNotFoundError: the path does not exist.
-        NotAModelError: the file is not a Keras model.
-        UnsafeModelError: the model needs unsafe deserialization (e.g. Lambda layers).
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ModelNotFoundError(f"Model file not found: {path!r}. Check the path.")
-    if os.path.isdir(path):
-        raise NotAModelError(
-            f"{path!r} is a directory. robustkit loads .keras or .h5 files; a TF SavedModel "
-            "folder must first be re-saved with model.save('model.keras')."
-        )
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in (".keras", ".h5", ".hdf5"):
-        raise NotAModelError(f"{path!r} is not a .keras or .h5 file.")
-    if suffix == ".keras" and not zipfile.is_zipfile(path):
-        raise NotAModelError(f"{path!r} is not a Keras model archive (not a valid .keras zip).")
-    try:
-        model = keras.models.load_model(
-            path, safe_mode=safe_mode, custom_objects=custom_objects, compile=False
-        )
-    except Exception as error:  # Keras raises many types; translate the known ones
-        message = str(error)
-        if "unsafe" in message.lower() or "safe_mode" in message:
-            raise UnsafeModelError(
-                f"{path!r} contains code (e.g. a Lambda layer) that Keras will only load with "
-                "safe mode off. Only do that for a file you trust: pass safe_mode=False "
-                "(CLI: --unsafe-load)."
-            ) from error
-        if isinstance(error, (OSError, ValueError)) and "signature" in message.lower():
-            raise NotAModelError(f"{path!r} is not a Keras model file: {message}") from error
-        raise ModelLoadError(f"Could not load {path!r}: {message}") from error
-    return model

@@ -1,15 +1,13 @@
 """Reading image folders, label files and MNIST; writing exact 8-bit PNGs and reports."""
 
+from robustkit.io.decode import RESIZE_METHODS, image_size, read_image
 from robustkit.io.files import atomic_write, remove_temp_files
 from robustkit.io.images import (
     IMAGE_EXTENSIONS,
-    RESIZE_METHODS,
     ImageBatch,
     ImageEntry,
     ImageFolder,
     SkippedFile,
-    image_size,
-    read_image,
     scan_image_files,
 )
 from robustkit.io.labels import read_class_names, read_labels_csv

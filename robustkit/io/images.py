@@ -1,26 +1,34 @@
 """Image folders: recursive scanning, labels, and decoding to the model's input in batches.
 
-Files are decoded with Pillow into uint8 codes [H, W, C] on the 8-bit grid (see
-:mod:`robustkit.io.pixels`), converted to the model's channel count (1 = grayscale, 3 = RGB) and,
-only when asked, resized. Unreadable files are skipped with a reason (or raise in strict mode);
-images are read one batch at a time so memory stays bounded by the batch size.
+Each file is decoded by :mod:`robustkit.io.decode`. Unreadable files are skipped with a reason
+(or raise in strict mode); images are read one batch at a time so memory stays bounded by the
+batch size.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from robustkit.errors import ImageReadError, InputError
+from robustkit.io.decode import (  # noqa: F401  (the note names are part of this module's API)
+    NOTE_16_BIT,
+    NOTE_ALPHA,
+    NOTE_FIRST_FRAME,
+    NOTE_TO_GRAY,
+    NOTE_TO_RGB,
+    RESIZE_METHODS,
+    image_size,
+    read_image,
+)
 from robustkit.io.labels import (
     folder_class_names,
+    inside_root,
     read_class_names,
     read_labels_csv,
 )
@@ -29,24 +37,7 @@ from robustkit.io.pixels import from_uint8
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-RESIZE_METHODS = {
-    "nearest": Image.Resampling.NEAREST,
-    "box": Image.Resampling.BOX,
-    "bilinear": Image.Resampling.BILINEAR,
-    "hamming": Image.Resampling.HAMMING,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 LABEL_SOURCES = ("labels file", "class folders", "none")
-
-# Notes attached to images whose conversion changed them; callers count identical notes.
-NOTE_ALPHA = "alpha channel dropped"
-NOTE_TO_GRAY = "colour converted to grayscale"
-NOTE_TO_RGB = "grayscale replicated to RGB"
-NOTE_16_BIT = "16-bit pixels reduced to 8 bits"
-NOTE_FIRST_FRAME = "first frame of an animation used"
-_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
-_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError)
 
 
 @dataclass(frozen=True)
@@ -94,105 +85,20 @@ class ImageBatch:
         return np.array([entry.label for entry in self.entries], dtype=np.int64)
 
 
-def _read_error(path: Path, error: BaseException) -> ImageReadError:
-    if isinstance(error, UnidentifiedImageError):
-        return ImageReadError(f"{path}: not a readable image (Pillow cannot identify it).")
-    if isinstance(error, Image.DecompressionBombError):
-        return ImageReadError(f"{path}: too many pixels to decode safely ({error}).")
-    message = str(error) or type(error).__name__
-    return ImageReadError(f"{path}: cannot decode the image ({message}).")
+def _outside_reason(path: Path, root: Path) -> str | None:
+    """Why the file ``path`` found under ``root`` is not read, or None when it may be.
 
-
-def _to_8_bit(image: Image.Image, path: Path, notes: list[str]) -> Image.Image:
-    """The image as 8-bit L or RGB (alpha dropped, palettes expanded, 16-bit reduced)."""
-    mode = image.mode
-    if mode == "P":
-        has_alpha = "transparency" in image.info
-        image = image.convert("RGBA" if has_alpha else "RGB")
-        mode = image.mode
-    if mode in _ALPHA_MODES:
-        notes.append(NOTE_ALPHA)
-        return image.convert("L" if mode in ("LA", "La") else "RGB")
-    if mode.startswith("I"):
-        values = np.asarray(image)
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise ImageReadError(f"{path}: 32-bit integer pixels are not supported.")
-        notes.append(NOTE_16_BIT)
-        codes = np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
-        return Image.fromarray(codes, mode="L")
-    if mode == "F":
-        raise ImageReadError(f"{path}: floating-point pixels are not supported; save as 8-bit.")
-    if mode in ("1", "L", "RGB"):
-        return image.convert("L") if mode == "1" else image
-    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
-
-
-def read_image(
-    path: str | os.PathLike[str],
-    *,
-    channels: int,
-    size: tuple[int, int] | None = None,
-    resize: str | None = None,
-) -> tuple[np.ndarray, list[str]]:
-    """Decode one image file to uint8 codes [H, W, channels] on the 8-bit grid.
-
-    Args:
-        channels: 1 (grayscale, ITU-R 601-2 luma) or 3 (RGB; grayscale is replicated).
-        size: (height, width) the result must have; None keeps the file's size.
-        resize: a :data:`RESIZE_METHODS` name; without it a size mismatch raises InputError.
-
-    Returns:
-        The codes and the notes on conversions that changed the image.
-
-    Raises:
-        ImageReadError: corrupt, truncated or non-image file.
-        InputError: wrong size and no resize method.
+    Only regular files under the root itself are read: a symbolic link whose target lies
+    outside the root, and anything that is not a regular file (a FIFO would block the read),
+    are skipped.
     """
-    if channels not in (1, 3):
-        raise InputError(f"Images can be read for 1 or 3 channels, not {channels}.")
-    if resize is not None and resize not in RESIZE_METHODS:
-        raise InputError(f"Unknown resize method {resize!r}; choose one of {list(RESIZE_METHODS)}.")
-    path = Path(path)
-    notes: list[str] = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                if getattr(opened, "n_frames", 1) > 1:
-                    notes.append(NOTE_FIRST_FRAME)
-                    opened.seek(0)
-                opened.load()
-                image = _to_8_bit(opened, path, notes)
-    except ImageReadError:
-        raise
-    except (*_READ_ERRORS, Image.DecompressionBombWarning) as error:
-        raise _read_error(path, error) from error
-    wanted_mode = "L" if channels == 1 else "RGB"
-    if image.mode != wanted_mode:
-        notes.append(NOTE_TO_GRAY if channels == 1 else NOTE_TO_RGB)
-        image = image.convert(wanted_mode)
-    if size is not None and (image.height, image.width) != tuple(size):
-        height, width = size
-        if resize is None:
-            raise InputError(
-                f"{path} is {image.width}x{image.height} pixels but the model takes "
-                f"{width}x{height}. Resize the images beforehand, or choose a resize method "
-                f"(CLI: --resize bilinear; one of {', '.join(RESIZE_METHODS)})."
-            )
-        image = image.resize((width, height), RESIZE_METHODS[resize])
-        notes.append(f"resized to {width}x{height} ({resize})")
-    codes = np.asarray(image, dtype=np.uint8)
-    return codes.reshape(image.height, image.width, channels), notes
-
-
-def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """(height, width) read from the file header only; ImageReadError when unreadable."""
-    path = Path(path)
-    try:
-        with Image.open(path) as opened:
-            return opened.height, opened.width
-    except _READ_ERRORS as error:
-        raise _read_error(path, error) from error
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(root):
+            return "symbolic link to a file outside the image folder; not read"
+    if not path.is_file():
+        return "not a regular file"
+    return None
 
 
 def scan_image_files(
@@ -201,9 +107,11 @@ def scan_image_files(
     """Find image files under a folder (recursively, sorted) or accept a single file.
 
     Hidden files and folders (leading dot) and the paths in ``exclude`` are ignored silently.
+    Nothing outside the folder is read: symbolic links to folders are not followed and links
+    to files outside it are skipped, each with its reason. A single file given is read as it is.
 
     Returns:
-        (root, relative POSIX paths of image files, files skipped for not being images).
+        (root, relative POSIX paths of image files, files skipped with the reason).
     """
     source = Path(source)
     if source.is_file():
@@ -214,22 +122,30 @@ def scan_image_files(
         return source.parent, [source.name], []
     if not source.is_dir():
         raise InputError(f"Image path not found: {source}. Give a folder or an image file.")
+    root = source.resolve()
     excluded = {Path(p).resolve() for p in exclude}
     images: list[str] = []
     others: list[SkippedFile] = []
     for folder, subfolders, files in os.walk(source):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        visible = sorted(name for name in subfolders if not name.startswith("."))
+        links = [name for name in visible if (Path(folder) / name).is_symlink()]
+        for name in links:
+            relative = (Path(folder) / name).relative_to(source).as_posix()
+            others.append(SkippedFile(relative, "symbolic link to a folder; not followed"))
+        subfolders[:] = [name for name in visible if name not in links]
         for name in sorted(files):
             path = Path(folder) / name
             if name.startswith(".") or path.resolve() in excluded:
                 continue
             relative = path.relative_to(source).as_posix()
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                reason = f"not an image file ({path.suffix or 'no'} extension)"
+            else:
+                reason = _outside_reason(path, root)
+            if reason is None:
                 images.append(relative)
             else:
-                others.append(
-                    SkippedFile(relative, f"not an image file ({path.suffix or 'no'} extension)")
-                )
+                others.append(SkippedFile(relative, reason))
     return source, sorted(images), sorted(others, key=lambda skip: skip.relative)
 
 
@@ -307,7 +223,7 @@ class ImageFolder:
     ) -> tuple[dict[str, int], str]:
         """{relative path: class index} and the label source's name."""
         if labels is not None:
-            label_of = read_labels_csv(labels, self.class_names)
+            label_of = self._inside_root(read_labels_csv(labels, self.class_names), labels)
             unused = len(set(label_of) - set(relatives))
             if unused:
                 logger.info("%d rows of %s name no image that was found", unused, labels)
@@ -337,6 +253,23 @@ class ImageFolder:
         label_of = {relative: names.index(relative.split("/", 1)[0]) for relative in relatives}
         self._check_range(label_of.values(), "class names")
         return label_of, "class folders"
+
+    def _inside_root(
+        self, label_of: dict[str, int], labels: str | os.PathLike[str]
+    ) -> dict[str, int]:
+        """``label_of`` keyed relative to the root; rows naming a place outside the root become
+        skip rows (strict mode: InputError), as nothing outside the image folder is read."""
+        inside: dict[str, int] = {}
+        for key, label in label_of.items():
+            relative = inside_root(key, self.root)
+            if relative is None:
+                reason = f"named in {Path(labels).name} but outside the image folder; not read"
+                if self.strict:
+                    raise InputError(f"{key}: {reason} (strict mode).")
+                self.skipped.append(SkippedFile(key, reason))
+            elif inside.setdefault(relative, label) != label:
+                raise InputError(f"{labels}: {relative} has two different labels.")
+        return inside
 
     def _check_range(self, labels: object, source: str) -> None:
         values = list(labels)  # type: ignore[call-overload]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import os
+import posixpath
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from robustkit.errors import InputError
 
@@ -13,9 +14,24 @@ _HEADER_NAMES = {"path", "file", "filename", "image", "relative_path"}
 
 
 def normalize_relative(path: str) -> str:
-    """A relative path as robustkit keys it: POSIX separators, no leading ``./``."""
-    parts = PurePosixPath(path.strip().replace("\\", "/")).parts
-    return "/".join(part for part in parts if part not in (".", ""))
+    """A path as robustkit keys it: POSIX separators, ``.`` and ``a/..`` folded away lexically
+    (a path leading out stays ``../...``; an absolute path stays absolute)."""
+    return posixpath.normpath(path.strip().replace("\\", "/"))
+
+
+def inside_root(key: str, root: Path) -> str | None:
+    """A labels-file path ``key`` (normalized) as a path relative to the image folder ``root``,
+    or None when it names a place outside it (``../x.png``, an absolute path elsewhere).
+
+    Absolute paths are compared with the root as given and as resolved. Nothing is opened:
+    label keys only pick among the files found under the root.
+    """
+    if PurePosixPath(key).is_absolute() or PureWindowsPath(key).is_absolute():
+        for base in (Path(os.path.abspath(root)), root.resolve()):
+            if PurePosixPath(key).is_relative_to(base.as_posix()):
+                return PurePosixPath(key).relative_to(base.as_posix()).as_posix()
+        return None
+    return None if key == ".." or key.startswith("../") else key
 
 
 def read_class_names(path: str | os.PathLike[str]) -> list[str]:

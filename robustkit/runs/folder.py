@@ -39,7 +39,12 @@ from robustkit.runs.options import (
     open_images,
     weights_digest,
 )
-from robustkit.runs.outputs import plan_outputs, refuse_overwrite, refuse_overwriting_inputs
+from robustkit.runs.outputs import (
+    plan_outputs,
+    refuse_overwrite,
+    refuse_overwriting_inputs,
+    refuse_writing_outside,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +177,7 @@ class FolderRun:
         self.plan = plan_outputs([entry.relative for entry in self.folder.entries], suffixes)
         self.journal = RunJournal(self.out / self.journal_name)
         self.first_index = 0  # index in the folder of the batch being processed
+        refuse_writing_outside(self.output_files(), self.out)
         refuse_overwriting_inputs(self.output_files(), [e.path for e in self.folder.entries])
 
     # ----------------------------------------------------------------- what subclasses say

@@ -74,6 +74,18 @@ def refuse_overwrite(paths: Sequence[Path], out: Path) -> None:
         )
 
 
+def refuse_writing_outside(outputs: Sequence[Path], out: Path) -> None:
+    """Refuse outputs whose folder leads outside ``out`` (a symbolic link to a folder
+    elsewhere inside it): nothing is written outside the output folder."""
+    root = out.resolve()
+    for output in outputs:
+        if not output.parent.resolve().is_relative_to(root):
+            raise InputError(
+                f"The output {output} would be written outside {out}: {output.parent} is a "
+                "symbolic link leading elsewhere. Remove the link or choose another output folder."
+            )
+
+
 def refuse_overwriting_inputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
     """Never write over an input file, even when overwriting is allowed."""
     resolved_inputs = {path.resolve() for path in inputs}
