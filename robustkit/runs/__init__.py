@@ -2,7 +2,8 @@
 
 - :func:`attack_folder`: adversarial images saved as exact 8-bit PNGs, re-read from disk and
   classified again, so what is saved is what was evaluated;
-- :func:`explain_folder`: saliency heatmaps, overlays and raw maps;
+- :func:`explain_folder`: saliency heatmaps, overlays and raw maps of one or every method,
+  with the saliency metrics and the explanations under attack on request;
 - :func:`evaluate_folder`: robust accuracy of a labelled folder or .npz, with its reports.
 
 Every run checks its output folder (never inside the input, never over an input image, earlier
@@ -13,7 +14,8 @@ goes to a callback; notes and warnings go to the ``robustkit.runs`` logger.
 
 from robustkit.runs.attack import AttackRun, attack_folder, saved_codes
 from robustkit.runs.evaluate import SUITE_NAMES, evaluate_folder, read_labelled_images
-from robustkit.runs.explain import ExplainRun, RenderOptions, explain_folder
+from robustkit.runs.explain import ExplainRun, explain_folder
+from robustkit.runs.explain_options import RenderOptions, UnderAttack
 from robustkit.runs.folder import FolderReport, FolderRun, RunInputs, summarize_notes
 from robustkit.runs.lock import RunLock
 from robustkit.runs.options import ImageOptions, ModelOptions, OutputOptions, load_model
@@ -31,6 +33,7 @@ __all__ = [
     "RenderOptions",
     "RunInputs",
     "RunLock",
+    "UnderAttack",
     "attack_folder",
     "check_output_folder",
     "evaluate_folder",

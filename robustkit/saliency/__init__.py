@@ -4,7 +4,8 @@ Methods return an :class:`Attribution` and are reached by name through :func:`at
 (see :data:`METHODS`); :mod:`robustkit.saliency.render` turns maps into Pillow images and PNGs;
 :mod:`robustkit.saliency.checks` holds the randomization test and the deletion/insertion
 curves, :mod:`robustkit.saliency.metrics` and :mod:`robustkit.saliency.road` the faithfulness,
-robustness and complexity metrics.
+robustness and complexity metrics (:mod:`robustkit.saliency.metric_table` runs them by name), and
+:mod:`robustkit.saliency.under_attack` compares the maps of clean and adversarial images.
 """
 
 from robustkit.saliency.attribution import Attribution
@@ -30,6 +31,7 @@ from robustkit.saliency.methods import (
     square_grad,
     vargrad,
 )
+from robustkit.saliency.metric_table import METRIC_COLUMNS, metric_table
 from robustkit.saliency.metrics import (
     MetricResult,
     complexity,
@@ -40,7 +42,13 @@ from robustkit.saliency.metrics import (
 )
 from robustkit.saliency.perturbation import occlusion, rise
 from robustkit.saliency.quadrature import RULES, quadrature
-from robustkit.saliency.registry import METHOD_ALIASES, METHODS, attribute, get_method
+from robustkit.saliency.registry import (
+    METHOD_ALIASES,
+    METHODS,
+    attribute,
+    get_method,
+    method_keywords,
+)
 from robustkit.saliency.render import (
     REDUCTIONS,
     VIEWS,
@@ -52,24 +60,34 @@ from robustkit.saliency.render import (
     scale_map,
 )
 from robustkit.saliency.road import RoadCurves, noisy_linear_imputation, road
+from robustkit.saliency.under_attack import (
+    ExplanationShift,
+    compare_maps,
+    explanation_shift,
+    shift_panel,
+)
 
 __all__ = [
     "AGGREGATIONS",
     "BASELINE_KINDS",
     "METHODS",
     "METHOD_ALIASES",
+    "METRIC_COLUMNS",
     "OBJECTIVES",
     "REDUCTIONS",
     "RULES",
     "VIEWS",
     "Attribution",
+    "ExplanationShift",
     "MetricResult",
     "PerturbationCurves",
     "RandomizationResult",
     "RoadCurves",
     "attribute",
+    "compare_maps",
     "complexity",
     "deletion_insertion",
+    "explanation_shift",
     "find_layer",
     "gaussian_blur",
     "get_method",
@@ -84,6 +102,8 @@ __all__ = [
     "layer_cam",
     "lime",
     "make_baseline",
+    "method_keywords",
+    "metric_table",
     "mu_fidelity",
     "noisy_linear_imputation",
     "occlusion",
@@ -98,6 +118,7 @@ __all__ = [
     "save",
     "scale_map",
     "score_cam",
+    "shift_panel",
     "smoothgrad",
     "sparseness",
     "spearman",

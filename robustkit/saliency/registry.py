@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from robustkit.errors import InputError
@@ -49,6 +50,11 @@ METHOD_ALIASES = {
     "squaregrad": "square_grad",
     "guided": "guided_backprop",
 }
+# methods that forward their options to another, less the ones they fix
+FORWARDED_OPTIONS = {
+    "square_grad": ("smoothgrad", {"aggregation"}),
+    "vargrad": ("smoothgrad", {"aggregation"}),
+}
 
 
 def get_method(method: str | Any) -> Any:
@@ -61,6 +67,25 @@ def get_method(method: str | Any) -> Any:
         known = sorted([*METHODS, *METHOD_ALIASES])
         raise InputError(f"Unknown saliency method {method!r}; use one of {known}.")
     return METHODS[name]
+
+
+def method_keywords(method: str) -> frozenset[str]:
+    """The keyword options the named method (or alias) takes, e.g. {"steps", "seed", ...}."""
+    name = METHOD_ALIASES.get(method, method)
+    get_method(name)
+    if name in FORWARDED_OPTIONS:
+        forwarded_to, fixed = FORWARDED_OPTIONS[name]
+        return method_keywords(forwarded_to) - fixed
+    parameters = inspect.signature(METHODS[name]).parameters.values()
+    return frozenset(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def with_first_index(method: str, options: dict[str, Any], first_index: int) -> dict[str, Any]:
+    """``options`` plus ``first_index`` when the method keys its random draws by image index
+    (SmoothGrad, RISE, ...), so a folder's maps do not depend on how it is batched."""
+    if "first_index" not in method_keywords(method):
+        return dict(options)
+    return {**options, "first_index": int(first_index)}
 
 
 def attribute(
