@@ -19,6 +19,7 @@ from robustkit.runs import (
     evaluate_folder,
 )
 from robustkit.runs.evaluate import ADVERSARIAL_NPZ, REPORT_FILES
+from robustkit.runs.html import REPORT_HTML
 from robustkit_cli.common import (
     NUMBERS,
     Console,
@@ -71,7 +72,7 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def print_summary(console: Console, report: RobustnessReport, out: Path) -> None:
+def print_summary(console: Console, report: RobustnessReport, out: Path, html: bool) -> None:
     """The accuracy table, the checks that did not pass, cost and where the files went."""
     console.say(
         f"{report.norm} robust accuracy, {report.suite} suite ({report.mode}), "
@@ -104,7 +105,7 @@ def print_summary(console: Console, report: RobustnessReport, out: Path) -> None
         f"cost: {_percent(report.cost['share_of_full_budget'])} of the full budget; "
         f"{report.timing['total']:.1f} s"
     )
-    console.say(f"wrote {', '.join(REPORT_FILES)} to {out}")
+    console.say(f"wrote {', '.join([*REPORT_FILES, *[REPORT_HTML] * html])} to {out}")
 
 
 @click.command("evaluate")
@@ -145,6 +146,11 @@ def print_summary(console: Console, report: RobustnessReport, out: Path) -> None
     is_flag=True,
     help=f"Also write the kept adversarial images and labels to {ADVERSARIAL_NPZ}.",
 )
+@click.option(
+    "--html",
+    is_flag=True,
+    help=f"Also write {REPORT_HTML}: tables, curve, checks and the weakest examples.",
+)
 @model_options
 @image_options
 @output_options("evaluation")
@@ -162,6 +168,7 @@ def evaluate(
     limit: int | None,
     per_example: bool,
     save_adversarial: bool,
+    html: bool,
     model_options: ModelOptions,
     image_options: ImageOptions,
     output: OutputOptions,
@@ -173,7 +180,7 @@ def evaluate(
 
     The suite runs as a cascade per eps (each attack sees only examples still robust); the
     worst case per example, nine sanity checks with verdicts, every budget and the cost go to
-    report.json, report.md and robustness_curve.png under --out.
+    report.json, report.md and robustness_curve.png under --out (and report.html with --html).
 
     Exit codes: 0 done, 1 failure during the run, 2 usage or input error.
     """
@@ -187,6 +194,7 @@ def evaluate(
             list(eps),
             limit=limit,
             save_adversarial=save_adversarial,
+            html=html,
             model_options=model_options,
             image_options=image_options,
             suite=suite,
@@ -202,5 +210,5 @@ def evaluate(
     if console.json_output:
         console.print_json(report.to_dict())
     else:
-        print_summary(console, report, output.out)
+        print_summary(console, report, output.out, html)
     return 0

@@ -1,8 +1,10 @@
 """Evaluate a model on a labelled image folder or an .npz: robust accuracy under an attack suite,
-written as report.json, report.md and robustness_curve.png (and the adversarial images)."""
+written as report.json, report.md and robustness_curve.png (and the adversarial images, and
+report.html on request)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -19,6 +21,7 @@ from robustkit.io import atomic_write, from_uint8
 from robustkit.models import Classifier
 from robustkit.norms import Norm
 from robustkit.runs.folder import summarize_notes
+from robustkit.runs.html import REPORT_HTML, evaluation_page
 from robustkit.runs.options import (
     ImageOptions,
     ModelOptions,
@@ -101,6 +104,7 @@ def evaluate_folder(
     *,
     limit: int | None = None,
     save_adversarial: bool = False,
+    html: bool = False,
     model_options: ModelOptions | None = None,
     image_options: ImageOptions | None = None,
     **evaluate_options: Any,
@@ -116,13 +120,17 @@ def evaluate_folder(
         limit: evaluate only the first ``limit`` examples.
         save_adversarial: also write the kept adversarial images [E, N, H, W, C], the labels
             and the radii to ``adversarial.npz``.
+        html: also write report.html (tables, curve, checks and the weakest examples; it
+            keeps the per-example records and adversarial images in memory, as
+            ``save_adversarial`` does, without adding them to report.json).
     """
     output = OutputOptions.of(out)
     image_options = image_options or ImageOptions()
+    per_example = bool(evaluate_options.pop("per_example", False))
     with locked_output(output.out, data):
         if not output.overwrite:
-            names = [*REPORT_FILES, *([ADVERSARIAL_NPZ] if save_adversarial else [])]
-            refuse_overwrite([output.out / name for name in names], output.out)
+            extra = [ADVERSARIAL_NPZ] * save_adversarial + [REPORT_HTML] * html
+            refuse_overwrite([output.out / name for name in [*REPORT_FILES, *extra]], output.out)
         classifier = load_model(model, model_options)
         x, y = read_labelled_images(data, classifier, image_options)
         if limit is not None:
@@ -133,13 +141,24 @@ def evaluate_folder(
             threat,
             epsilons,
             batch_size=image_options.batch_size,
-            return_images=save_adversarial,
+            per_example=per_example or html,
+            return_images=save_adversarial or html,
             **evaluate_options,
         )
+        if html:
+            page = evaluation_page(report, x)
+            report = dataclasses.replace(
+                report,
+                examples=report.examples if per_example else None,
+                adversarial_images=report.adversarial_images if save_adversarial else None,
+            )
         write_report(report, output.out, overwrite=True)
         if save_adversarial:
             with atomic_write(output.out / ADVERSARIAL_NPZ, "wb") as stream:
                 np.savez_compressed(
                     stream, x_adv=report.adversarial_images, y=y, epsilons=report.epsilons
                 )
+        if html:
+            with atomic_write(output.out / REPORT_HTML, "w") as stream:
+                stream.write(page)
     return report

@@ -32,7 +32,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
-img.tile { width: 112px; image-rendering: pixelated; display: block; }
+img.tile { width: 112px; image-rendering: pixelated; display: inline-block; margin: 2px; }
 img.panel { height: 112px; image-rendering: pixelated; display: block; }
 img.curve { max-width: 100%; }
 figure { display: inline-block; margin: 0.3em; }
