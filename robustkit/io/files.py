@@ -18,22 +18,36 @@ TEMP_SUFFIX = ".robustkit-tmp"
 
 
 @contextlib.contextmanager
+def naming_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Give ``path`` to OSErrors of the block that name no file (a failed write or flush on a
+    full disk), so the error says where writing failed."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, os.fspath(path)) from error
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file for writing; on success it replaces ``path`` in one step.
 
     Parent folders are created. ``mode`` is "wb" or "w" (text, UTF-8, no newline translation).
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched; an OSError
+    (read-only folder, full disk) names ``path``.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent
-    )
+    with naming_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent
+        )
     try:
         text = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
-        with os.fdopen(descriptor, mode, **text) as stream:
+        with naming_errors(path), os.fdopen(descriptor, mode, **text) as stream:
             yield stream
         os.replace(temp_name, path)
     except BaseException:

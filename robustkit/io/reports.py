@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from robustkit.errors import InputError
-from robustkit.io.files import atomic_write
+from robustkit.io.files import atomic_write, naming_errors
 
 
 def to_jsonable(value: Any) -> Any:
@@ -97,27 +97,30 @@ class RunJournal:
         return records[0]["header"], records[1:]
 
     def recover(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """(header, rows) of an existing journal, rewritten without any cut-off last line so
-        that further rows append cleanly."""
+        """(header, rows) of an existing journal, rewritten in one atomic step without any
+        cut-off last line, so that further rows append cleanly."""
         header, rows = self.read()
-        self.start(header)
-        if rows:
-            self.append(rows)
+        self.start(header, rows)
         return header, rows
 
-    def start(self, header: Mapping[str, Any]) -> None:
-        """Begin a new journal holding only ``header`` (replacing any old one)."""
+    def start(self, header: Mapping[str, Any], rows: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Begin a new journal holding ``header`` and ``rows`` (replacing any old one)."""
         with atomic_write(self.path, "w") as stream:
             stream.write(json.dumps(to_jsonable({"header": header}), allow_nan=False) + "\n")
+            stream.write(_lines(rows))
 
     def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Add finished rows, flushed to the operating system before returning."""
-        text = "".join(json.dumps(to_jsonable(row), allow_nan=False) + "\n" for row in rows)
-        with self.path.open("a", encoding="utf-8") as stream:
-            stream.write(text)
+        with naming_errors(self.path), self.path.open("a", encoding="utf-8") as stream:
+            stream.write(_lines(rows))
             stream.flush()
             os.fsync(stream.fileno())
 
     def remove(self) -> None:
         """Delete the journal (the run is complete)."""
         self.path.unlink(missing_ok=True)
+
+
+def _lines(rows: Sequence[Mapping[str, Any]]) -> str:
+    """JSON lines of ``rows``, each ending in a newline."""
+    return "".join(json.dumps(to_jsonable(row), allow_nan=False) + "\n" for row in rows)
