@@ -77,7 +77,7 @@ def metric_table(
     """
     bound_options = dict(method_options or {})
 
-    def explain(model: Classifier, images: Any, target: Any = None, **_: Any) -> Attribution:
+    def explain(model: Classifier, images: Any, target: Any = None) -> Attribution:
         return attribute(model, images, method, target, **bound_options)
 
     sampled = {} if samples is None else {"samples": samples}
