@@ -43,6 +43,11 @@ class OutputExistsError(RobustkitError):
     """Writing would overwrite existing results."""
 
 
+class WorkerLostError(RobustkitError):
+    """A worker of a multi-worker cluster stopped responding; the message names it and says
+    how to resume."""
+
+
 class RobustkitWarning(UserWarning):
     """Warnings robustkit emits, e.g. when logits cannot be recovered from a softmax head."""
 
