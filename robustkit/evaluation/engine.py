@@ -6,6 +6,12 @@ Every example draws its random numbers from its own key, ``hash(seed, stream, ex
 chunking, nor on the strategy, nor on which other examples are attacked with it: the evaluator
 with seed s finds what ``attack(x)`` with seed s finds. The radius is a tensor argument of the
 attack's one compiled function, so an eps sweep traces it once.
+
+Under a multi-worker strategy every worker runs the whole evaluation: forward passes (the clean
+pass, the re-checks) are repeated on each worker, and each group of chunks is attacked one chunk
+per replica, its results gathered to every worker, so all of them hold the same bytes and take
+the same next steps. Each :meth:`Executor.run` first checks that every worker is about to attack
+the same examples (same images, labels, targets and keys), and fails loudly otherwise.
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from robustkit import seeding
-from robustkit.errors import InputError
+from robustkit import cluster, seeding
+from robustkit.errors import InputError, RobustkitError
 from robustkit.models import Classifier
 
 ChunkProgress = Callable[[int, int], None]  # (examples done, examples in total)
@@ -58,6 +64,7 @@ class Executor:
         self.strategy = strategy
         self.chunk_size = int(chunk_size)
         self.replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
+        self.multi_worker = cluster.is_multi_worker(strategy)
 
     def run(
         self,
@@ -76,6 +83,8 @@ class Executor:
         function = attack.compiled(self.classifier, target_mode)
         m = len(x)
         targets = np.zeros(m, np.int32) if targets is None else targets.astype(np.int32)
+        if self.multi_worker:
+            self._check_workers_agree(x, labels, targets, keys, eps)
         radius = np.float32(eps)
         chunks = [
             (
@@ -103,6 +112,20 @@ class Executor:
         x_adv, logits, evaluations = (np.concatenate(parts) for parts in zip(*outputs, strict=True))
         return AttackOutput(x_adv, logits, evaluations.astype(np.int64))
 
+    def _check_workers_agree(self, *inputs: Any) -> None:
+        """Raise unless every worker of the cluster is about to attack the same inputs."""
+        seen = cluster.rows_by_task(self.strategy, [cluster.fingerprint(*map(np.asarray, inputs))])
+        first, first_row = next(iter(seen.items()))
+        differing = [str(task) for task, row in seen.items() if row != first_row]
+        if differing:
+            raise RobustkitError(
+                f"The workers of the cluster would attack different examples: "
+                f"{' and '.join(differing)} would attack other images, labels, targets or keys "
+                f"than {first}. Every worker must be given the same model and data and compute "
+                "the same forward passes (the same TensorFlow build on the same kind of "
+                "hardware)."
+            )
+
     def _run_group(self, function: Any, group: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """Run up to ``replicas`` chunks at once; a short group is padded with copies of its
         first chunk, whose results are dropped."""
@@ -120,7 +143,10 @@ class Executor:
                 lambda context: tf.constant(padded[context.replica_id_in_sync_group][position])
             )
 
-        # each replica calls the compiled chunk function on its own device
+        # each replica calls the compiled chunk function on its own device; gathering brings
+        # every replica's results (the other workers' too) to this one
         results = self.strategy.run(call, args=tuple(per_replica(i) for i in range(5)))
-        local = [self.strategy.experimental_local_results(part) for part in results]
-        return [tuple(part[r].numpy() for part in local) for r in range(len(group))]
+        gathered = [self.strategy.gather(part, axis=0).numpy() for part in results]
+        ends = np.cumsum([len(chunk[0]) for chunk in padded])[:-1]
+        split = [np.split(part, ends) for part in gathered]
+        return [tuple(part[r] for part in split) for r in range(len(group))]
