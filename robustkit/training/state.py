@@ -1,7 +1,8 @@
 """Trainer state that must survive an interruption, and weight snapshots for the guards.
 
-Everything here is made of ``tf.Variable``s so a ``tf.train.Checkpoint`` saves and restores it
-together with the model, the optimizer and the random generator.
+Everything here is trackable (``tf.Variable``s, and the history as checkpointed Python state),
+so a ``tf.train.Checkpoint`` saves and restores it together with the model, the optimizer and
+the random generator.
 """
 
 from __future__ import annotations
@@ -38,6 +39,20 @@ class WeightSnapshot(tf.Module):
             source.assign(copy)
 
 
+class HistoryText(tf.train.experimental.PythonState):
+    """The history as JSON text in a checkpoint. Python state rather than a string variable:
+    a multi-worker strategy broadcasts every variable's initial value, which strings cannot be."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def serialize(self) -> str:
+        return self.text
+
+    def deserialize(self, string_value: bytes) -> None:
+        self.text = string_value.decode()
+
+
 class TrainerState(tf.Module):
     """Checkpointed progress of the loop itself: the next epoch and the history so far (the
     guards keep their own state)."""
@@ -45,7 +60,7 @@ class TrainerState(tf.Module):
     def __init__(self) -> None:
         super().__init__(name="trainer_state")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.history_json = tf.Variable("", dtype=tf.string, trainable=False, name="history")
+        self.history_json = HistoryText()
 
     def reset(self) -> None:
         """A fresh run: epoch 0, empty history."""
@@ -54,9 +69,9 @@ class TrainerState(tf.Module):
 
     def history(self) -> TrainingHistory:
         """The history stored with the state (empty for a fresh run)."""
-        text = self.history_json.numpy().decode()
+        text = self.history_json.text
         return TrainingHistory.from_json(text) if text else TrainingHistory()
 
     def store_history(self, history: TrainingHistory) -> None:
         """Keep ``history`` with the state (saved with the next checkpoint)."""
-        self.history_json.assign(history.to_json())
+        self.history_json.text = history.to_json()
