@@ -20,9 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from robustkit.attacks import PGD
+from robustkit.cluster import naming_lost_workers, writes_outputs
 from robustkit.errors import InputError
 from robustkit.models import Classifier
-from robustkit.training.checkpoints import TrainingCheckpoints
+from robustkit.training.checkpoints import TrainingCheckpoints, restart_advice
 from robustkit.training.data import Batches
 from robustkit.training.guard import OverfitGuard, RobustEarlyStopping
 from robustkit.training.history import TrainingHistory
@@ -230,6 +231,7 @@ class AdversarialTrainer:
         Raises:
             InputError: malformed data, labels outside the class range, images outside bounds.
             RobustkitError: the loss became NaN or infinite (the faulty update is not applied).
+            WorkerLostError: under a multi-worker strategy, a worker stopped responding.
         """
         if int(epochs) < 0:
             raise InputError(f"epochs must be >= 0, got {epochs!r}.")
@@ -254,7 +256,9 @@ class AdversarialTrainer:
         check_outputs(self.classifier, train_batches.first(PROBE_COUNT)[0])
         checkpoints = self._start(checkpoint_dir, resume)
         guard_data = None if self.guard is None else train_batches.first(self.guard_size)
-        summaries = EpochSummaries(log_dir) if log_dir else None
+        summaries = (
+            EpochSummaries(log_dir) if log_dir and writes_outputs(self._step.strategy) else None
+        )
         history = self._state.history()
         model = self.classifier.model
         callback_list = keras.callbacks.CallbackList(
@@ -269,28 +273,29 @@ class AdversarialTrainer:
                 "The resumed run had stopped (%s); nothing left to do.", history.stop_reason
             )
             epoch = int(epochs)
-        while epoch < int(epochs):
-            logs = self._train_epoch(epoch, train_batches, callback_list)
-            stop_reason = self._judge_epoch(epoch, logs, validation_data, guard_data, history)
-            history.append(epoch, logs)
-            history.stop_reason = stop_reason
-            self._state.epoch.assign(epoch + 1)
-            self._state.store_history(history)
-            if checkpoints is not None:
-                checkpoints.save(epoch + 1)
-            if summaries is not None:
-                summaries.write(epoch, logs)
-            logger.info(
-                "epoch %d/%d: %s",
-                epoch + 1,
-                epochs,
-                ", ".join(f"{k}={v:.4g}" for k, v in logs.items()),
-            )
-            callback_list.on_epoch_end(epoch, logs)
-            epoch += 1
-            if history.stop_reason is not None:
-                logger.info("Training stopped after epoch %d: %s", epoch, history.stop_reason)
-                break
+        with naming_lost_workers(self._step.strategy, restart_advice(checkpoint_dir)):
+            while epoch < int(epochs):
+                logs = self._train_epoch(epoch, train_batches, callback_list)
+                stop_reason = self._judge_epoch(epoch, logs, validation_data, guard_data, history)
+                history.append(epoch, logs)
+                history.stop_reason = stop_reason
+                self._state.epoch.assign(epoch + 1)
+                self._state.store_history(history)
+                if checkpoints is not None:
+                    checkpoints.save(epoch + 1)
+                if summaries is not None:
+                    summaries.write(epoch, logs)
+                logger.info(
+                    "epoch %d/%d: %s",
+                    epoch + 1,
+                    epochs,
+                    ", ".join(f"{k}={v:.4g}" for k, v in logs.items()),
+                )
+                callback_list.on_epoch_end(epoch, logs)
+                epoch += 1
+                if history.stop_reason is not None:
+                    logger.info("Training stopped after epoch %d: %s", epoch, history.stop_reason)
+                    break
         if summaries is not None:
             summaries.close()
         self._restore_best(history)
@@ -316,7 +321,7 @@ class AdversarialTrainer:
         }
         if self.guard is not None:
             objects["overfit_guard"] = self.guard
-        checkpoints = TrainingCheckpoints(checkpoint_dir, objects)
+        checkpoints = TrainingCheckpoints(checkpoint_dir, objects, strategy=self._step.strategy)
         if checkpoints.restore(resume):
             logger.info("Resuming at epoch %d.", int(self._state.epoch.numpy()) + 1)
         return checkpoints
