@@ -11,58 +11,20 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from robustkit.attacks import PGD, Square  # noqa: E402
-from robustkit.evaluation import SuiteAttack, evaluate  # noqa: E402
-from robustkit.models import Classifier  # noqa: E402
+from eval_helpers import sharded_case, sharded_report  # noqa: E402
 
-keras.utils.set_random_seed(0)
-MODEL = keras.Sequential(
-    [
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(4),
-    ]
-)
-CLASSIFIER = Classifier(MODEL)
-RNG = np.random.default_rng(0)
-X = (RNG.integers(0, 256, (18, 8, 8, 1)) / 255).astype(np.float32)  # chunks 4, 4, 4, 4, 2
-Y = CLASSIFIER.predict_logits(X).argmax(1)
-Y[:3] = (Y[:3] + 1) % 4  # three misclassified examples
-SUITE = [
-    SuiteAttack("pgd-ce", PGD, {"steps": 5, "rel_step_size": 0.5}),
-    SuiteAttack("pgd-targeted", PGD, {"steps": 5, "loss": "margin"}, top_k_targets=2),
-    SuiteAttack("square", Square, {"queries": 30}),
-]
-
-
-def run(strategy: tf.distribute.Strategy | None):
-    return evaluate(
-        CLASSIFIER,
-        (X, Y),
-        "linf",
-        [0.02],
-        suite=SUITE,
-        seed=2,
-        strategy=strategy,
-        batch_size=4,
-        checks=["single_step"],
-        check_samples=12,
-        per_example=True,
-        return_images=True,
-    )
+CLASSIFIER, X, Y = sharded_case()
 
 
 def main() -> None:
-    single = run(None)
-    multi = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    single = sharded_report(CLASSIFIER, X, Y, None)
+    multi = sharded_report(CLASSIFIER, X, Y, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     one, two = single.to_numpy(), multi.to_numpy()
     differing = [name for name in one if not np.array_equal(one[name], two[name])]
     checks_equal = [

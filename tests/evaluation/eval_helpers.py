@@ -148,3 +148,51 @@ def healthy_report() -> RobustnessReport:
         per_example=True,
         return_images=True,
     )
+
+
+SHARDED_SUITE = [
+    SuiteAttack("pgd-ce", PGD, {"steps": 5, "rel_step_size": 0.5}),
+    SuiteAttack("pgd-targeted", PGD, {"steps": 5, "loss": "margin"}, top_k_targets=2),
+    SuiteAttack("square", Square, {"queries": 30}),
+]
+
+
+def sharded_case() -> tuple[Classifier, np.ndarray, np.ndarray]:
+    """A random small CNN and 18 random 8-bit images, three of them mislabelled: in chunks of
+    4 examples (4, 4, 4, 4, 2) two replicas attack two full groups and one short one."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input(SHAPE),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(CLASSES),
+        ]
+    )
+    classifier = Classifier(model)
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 256, (18, *SHAPE)) / 255).astype(np.float32)
+    y = classifier.predict_logits(x).argmax(1)
+    y[:3] = (y[:3] + 1) % CLASSES
+    return classifier, x, y
+
+
+def sharded_report(
+    classifier: Classifier, x: np.ndarray, y: np.ndarray, strategy: Any
+) -> RobustnessReport:
+    """The evaluation both distributed tests run: SHARDED_SUITE at eps 0.02 in chunks of 4,
+    the single-step check, per-example records and images kept."""
+    return evaluate(
+        classifier,
+        (x, y),
+        "linf",
+        [0.02],
+        suite=SHARDED_SUITE,
+        seed=2,
+        strategy=strategy,
+        batch_size=4,
+        checks=["single_step"],
+        check_samples=12,
+        per_example=True,
+        return_images=True,
+    )
