@@ -79,6 +79,36 @@ def input_gradient_penalty(
     return tf.reduce_sum(tf.square(flat), axis=1), result.logits, result.loss
 
 
+def input_gradient_alignment(
+    classifier: Classifier,
+    x: tf.Tensor,
+    x_other: tf.Tensor,
+    y: tf.Tensor,
+    *,
+    loss: str | LossFunction = "ce",
+    training: bool = False,
+) -> tuple[tf.Tensor, InputGradients]:
+    """Per-example cosine [N] between the input gradients ∇x L at x and at x_other (both
+    [N, H, W, C]; GradAlign's measure), with the pass at x.
+
+    cos_i = <g_i, g'_i> / (||g_i|| · ||g'_i||); an example whose gradient is exactly zero at
+    either point has no direction to align and gets cosine 1. Under a tape on the weights the
+    cosine is differentiable through both gradients (double backpropagation).
+    """
+    first = input_gradients(classifier, x, y, loss=loss, training=training)
+    second = input_gradients(classifier, x_other, y, loss=loss, training=training)
+    a = tf.reshape(first.gradient, (tf.shape(first.gradient)[0], -1))
+    b = tf.reshape(second.gradient, (tf.shape(second.gradient)[0], -1))
+    squared_a, squared_b = tf.reduce_sum(a * a, axis=1), tf.reduce_sum(b * b, axis=1)
+    valid = (squared_a > 0) & (squared_b > 0)
+    # Safe denominators where invalid, so neither the value nor its gradient is NaN there.
+    scale = tf.math.rsqrt(tf.where(valid, squared_a, 1.0)) * tf.math.rsqrt(
+        tf.where(valid, squared_b, 1.0)
+    )
+    cosine = tf.where(valid, tf.reduce_sum(a * b, axis=1) * scale, 1.0)
+    return cosine, first
+
+
 class ActivationGradients(NamedTuple):
     """Results of one forward + backward pass through an inner layer.
 

@@ -1,6 +1,8 @@
-"""Adversarial training: PGD, fast (FGSM-RS), TRADES and mixed on a compiled custom loop."""
+"""Adversarial training: PGD, fast (FGSM-RS or N-FGSM), TRADES, mixed and MART on a compiled
+custom loop, with GradAlign, AWP and weight averaging as options."""
 
 from robustkit.training.callbacks import ProgressLogger
+from robustkit.training.fast import NFGSM
 from robustkit.training.guard import GuardDecision, OverfitGuard, RobustEarlyStopping
 from robustkit.training.history import TrainingHistory
 from robustkit.training.methods import METHODS
@@ -10,6 +12,7 @@ from robustkit.training.validation import Validator, default_validation_attack
 
 __all__ = [
     "METHODS",
+    "NFGSM",
     "AdversarialTrainer",
     "GuardDecision",
     "OverfitGuard",

@@ -13,6 +13,7 @@ holds the model stores them once). Build them inside the strategy scope of those
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,11 @@ import numpy as np
 import tensorflow as tf
 
 from robustkit.errors import InputError
+from robustkit.training.history import TrainingHistory
 from robustkit.training.state import WeightSnapshot
+from robustkit.training.validation import Validator
+
+logger = logging.getLogger(__name__)
 
 MODES = ("max", "min")
 GUARD_ACTIONS = ("stop", "rollback", "monitor")
@@ -238,3 +243,40 @@ class OverfitGuard(tf.Module):
             elif self.action == "rollback" and self.firings > self.max_rollbacks:
                 stop_reason = "overfit_guard_rollbacks"
         return GuardDecision(tuple(reasons), reference, stop_reason)
+
+
+def judge_guard_batch(
+    guard: OverfitGuard,
+    validators: tuple[Validator, Validator],
+    data: tuple[np.ndarray, np.ndarray],
+    epoch: int,
+    logs: dict[str, float],
+    history: TrainingHistory,
+) -> str | None:
+    """Attack the guard batch ``data`` with the validation attack and the training attack
+    (``validators``, in that order) and let ``guard`` decide; ``logs`` gains its metrics,
+    ``history`` an event when it fires. The reason to stop, or None to carry on."""
+    accuracy = validators[0].measure(*data)["adv_accuracy"]
+    own = validators[1].measure(*data)["adv_accuracy"]
+    decision = guard.on_epoch_end(accuracy, own)
+    logs["guard_accuracy"] = accuracy
+    logs["guard_training_attack_accuracy"] = own
+    logs["guard_fired"] = float(decision.fired)
+    if decision.fired:
+        reason = "; ".join(decision.reasons)
+        history.add_event(
+            epoch,
+            "overfit_guard",
+            action=guard.action,
+            guard_accuracy=accuracy,
+            reference=decision.reference,
+            training_attack_accuracy=own,
+            reason=reason,
+        )
+        logger.warning(
+            "Catastrophic overfitting at epoch %d on the guard batch: %s (guard action: %s).",
+            epoch + 1,
+            reason,
+            guard.action,
+        )
+    return decision.stop_reason

@@ -15,10 +15,10 @@ class TrainingHistory:
         epoch: epoch indices (0-based) in the order they ran.
         history: metric name -> one value per entry of ``epoch`` (NaN where not measured).
             Keys: loss, clean_loss, clean_accuracy, adv_loss, adv_accuracy, grad_norm,
-            penalty, eps, lr, seconds; with validation data val_clean_loss, val_clean_accuracy,
-            val_adv_loss, val_adv_accuracy; with the overfitting guard guard_accuracy (under the
-            validation attack), guard_training_attack_accuracy and guard_fired (1.0 in an epoch
-            where it fired).
+            penalty, misalignment (GradAlign's 1 - cos), eps, lr, seconds; with validation data
+            val_clean_loss, val_clean_accuracy, val_adv_loss, val_adv_accuracy; with the
+            overfitting guard guard_accuracy (under the validation attack),
+            guard_training_attack_accuracy and guard_fired (1.0 in an epoch where it fired).
         events: dicts ``{"epoch", "event", ...}`` for guard firings, roll-backs, early stops and
             the restoring of the best weights.
         best_epoch: epoch with the best robust validation accuracy (None without validation).

@@ -8,7 +8,8 @@ does that in replica context) and the metrics are summed over replicas.
 
 In-graph checks stop a step whose labels or pixels are out of range, or whose loss or gradient
 is not finite, before the update is applied; :func:`translated_error` turns the failure into a
-robustkit error that says which epoch and batch, and what to do.
+robustkit error that says which epoch and batch, and what to do. With adversarial weight
+perturbation (:mod:`~robustkit.training.awp`) the gradient is taken at the perturbed weights.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from robustkit.attacks import PGD
 from robustkit.errors import InputError, RobustkitError
 from robustkit.losses import cross_entropy
 from robustkit.models import Classifier
+from robustkit.training.awp import WeightPerturbation
 from robustkit.training.methods import (
     InferenceView,
+    MethodSettings,
+    Terms,
     adversarial_examples,
     training_attack,
     training_terms,
@@ -35,7 +39,16 @@ from robustkit.training.methods import (
 LABEL_CHECK = "robustkit: a label is outside the class range"
 BOUNDS_CHECK = "robustkit: image values outside the classifier bounds"
 FINITE_CHECK = "robustkit: the training loss or its gradient is NaN or infinite"
-SUMMED = ("loss", "clean_loss", "clean_correct", "adv_loss", "adv_correct", "penalty", "count")
+SUMMED = (
+    "loss",
+    "clean_loss",
+    "clean_correct",
+    "adv_loss",
+    "adv_correct",
+    "penalty",
+    "misalignment",
+    "count",
+)
 
 
 class TrainingStep:
@@ -45,9 +58,9 @@ class TrainingStep:
         classifier: the model being trained (its Keras model's trainable variables are).
         optimizer: a built Keras 3 optimizer.
         attack: the training attack as given (threat model and inner maximisation).
-        method, beta, adversarial_weight, gradient_penalty: see
-            :class:`~robustkit.training.AdversarialTrainer`.
+        settings: the method and its options.
         attack_training_mode: run the attack's forward passes in training mode.
+        awp: the relative radius of adversarial weight perturbation (None: off).
         seed: seed of the generator that draws each batch's attack seed.
 
     Build it inside the strategy scope the steps run under; the generator and the metric sums
@@ -59,21 +72,17 @@ class TrainingStep:
         classifier: Classifier,
         optimizer: keras.optimizers.Optimizer,
         attack: PGD,
-        method: str,
+        settings: MethodSettings,
         *,
-        beta: float,
-        adversarial_weight: float,
-        gradient_penalty: float,
         attack_training_mode: bool,
+        awp: float | None,
         seed: int,
     ) -> None:
         self.classifier = classifier
         self.optimizer = optimizer
-        self.attack = training_attack(attack, method, attack.norm.eps)
-        self.method = method
-        self.beta = beta
-        self.adversarial_weight = adversarial_weight
-        self.gradient_penalty = gradient_penalty
+        self.attack = training_attack(attack, settings.method, attack.norm.eps)
+        self.settings = settings
+        self.awp = None if awp is None else WeightPerturbation(classifier.model, awp)
         self.variables = list(classifier.model.trainable_variables)
         self.strategy = tf.distribute.get_strategy()
         self.rng = tf.random.Generator.from_seed(seed)
@@ -97,8 +106,9 @@ class TrainingStep:
         callback_list: keras.callbacks.CallbackList,
     ) -> dict[str, float]:
         """Train on every batch of ``dataset`` at radius ``eps`` (pixel units); the epoch's
-        mean loss, clean_loss, clean_accuracy, adv_loss, adv_accuracy, grad_norm and penalty,
-        with its eps, the learning rate after it (lr) and its wall time (seconds).
+        mean loss, clean_loss, clean_accuracy, adv_loss, adv_accuracy, grad_norm, penalty and
+        misalignment (GradAlign's 1 - cos), with its eps, the learning rate after it (lr) and
+        its wall time (seconds).
 
         Raises:
             InputError: a batch with a label out of range or pixels outside the bounds.
@@ -130,6 +140,7 @@ class TrainingStep:
             "adv_accuracy": totals["adv_correct"] / count,
             "grad_norm": totals["grad_norm"] / max(totals["steps"], 1.0),
             "penalty": totals["penalty"] / count,
+            "misalignment": totals["misalignment"] / count,
             "eps": eps,
             "lr": _learning_rate(self.optimizer),
             "seconds": time.perf_counter() - started,
@@ -159,34 +170,22 @@ class TrainingStep:
         context = tf.distribute.get_replica_context()
         seed = tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
         x = self._checked_images(x, y)
-        x_adv, inference_logits = adversarial_examples(
-            self.method,
-            self.attack,
-            self._view,
-            x,
-            y,
-            seed,
-            eps=eps,
-            gradient_penalty=self.gradient_penalty,
-        )
+        attacked = adversarial_examples(self.settings, self.attack, self._view, x, y, seed, eps=eps)
         count = tf.cast(tf.shape(y)[0], tf.float32)
         global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
-        with tf.GradientTape() as tape:
-            terms = training_terms(
-                self.method,
-                self.classifier,
-                x,
-                y,
-                x_adv,
-                inference_logits,
-                beta=self.beta,
-                adversarial_weight=self.adversarial_weight,
-                gradient_penalty=self.gradient_penalty,
+
+        def objective() -> tuple[Terms, tf.Tensor]:
+            terms = training_terms(self.settings, self.classifier, x, y, attacked)
+            return terms, tf.reduce_sum(terms.objective) / global_count
+
+        if self.awp is None:
+            with tf.GradientTape() as tape:
+                terms, loss = objective()
+            gradients = tape.gradient(
+                loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
-            loss = tf.reduce_sum(terms.objective) / global_count
-        gradients = tape.gradient(
-            loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
-        )
+        else:
+            terms, loss, gradients = self.awp.gradients(objective, context)
         replicas = context.num_replicas_in_sync
         # The norm of the global gradient; several replicas need its sum (one more all-reduce),
         # the optimizer then all-reduces the local gradients itself.
@@ -207,6 +206,7 @@ class TrainingStep:
             "adv_loss": tf.reduce_sum(cross_entropy(terms.adv_logits, y)),
             "adv_correct": _correct(terms.adv_logits, y),
             "penalty": tf.reduce_sum(terms.penalty),
+            "misalignment": tf.reduce_sum(terms.misalignment),
             "count": count,
             "grad_norm": grad_norm / replicas,
         }

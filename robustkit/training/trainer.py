@@ -1,10 +1,12 @@
-"""`AdversarialTrainer`: PGD, fast (FGSM-RS), TRADES and mixed adversarial training, with robust
-validation, best-epoch weights, an overfitting guard, checkpoints and TensorBoard summaries.
+"""`AdversarialTrainer`: PGD, fast (FGSM-RS, N-FGSM), TRADES, mixed and MART adversarial
+training, with GradAlign, AWP and weight averaging as options, robust validation, best-epoch
+weights, an overfitting guard, checkpoints and TensorBoard summaries.
 
 The trainer only runs the epoch loop; each job is a part of its own: the compiled step
 (:mod:`~robustkit.training.step`), validation through :mod:`robustkit.evaluation`
-(:mod:`~robustkit.training.validation`), the guards (:mod:`~robustkit.training.guard`),
-checkpoints (:mod:`~robustkit.training.checkpoints`) and summaries
+(:mod:`~robustkit.training.validation`), the guards (:mod:`~robustkit.training.guard`), the
+options (:mod:`~robustkit.training.fast`, :mod:`~robustkit.training.awp`,
+:mod:`~robustkit.training.ema`), checkpoints (:mod:`~robustkit.training.checkpoints`) and summaries
 (:mod:`~robustkit.training.summaries`).
 """
 
@@ -23,11 +25,14 @@ from robustkit.attacks import PGD
 from robustkit.cluster import naming_lost_workers, writes_outputs
 from robustkit.errors import InputError
 from robustkit.models import Classifier
+from robustkit.training.awp import check_radius
 from robustkit.training.checkpoints import TrainingCheckpoints, restart_advice
 from robustkit.training.data import Batches
-from robustkit.training.guard import OverfitGuard, RobustEarlyStopping
+from robustkit.training.ema import AveragedWeights, averaged_or_own
+from robustkit.training.fast import NFGSM
+from robustkit.training.guard import OverfitGuard, RobustEarlyStopping, judge_guard_batch
 from robustkit.training.history import TrainingHistory
-from robustkit.training.methods import check_attack, training_attack
+from robustkit.training.methods import MethodSettings, check_attack, training_attack
 from robustkit.training.model_checks import PROBE_COUNT, check_outputs, trainable_classifier
 from robustkit.training.schedules import EpsSchedule
 from robustkit.training.state import TrainerState
@@ -56,12 +61,23 @@ class AdversarialTrainer:
             and the inner maximisation (steps, step size, restarts, random start). Training gives
             every example the full budget (``early_stop`` is ignored).
         method: ``"pgd"`` (Madry), ``"fast"`` (FGSM with random start, step 1.25·eps, unless
-            ``attack`` is an FGSM), ``"trades"`` or ``"mixed"``; see
+            ``attack`` is an FGSM), ``"trades"``, ``"mixed"`` or ``"mart"``; see
             :mod:`robustkit.training.methods`.
-        beta: TRADES' weight of the KL term.
+        beta: TRADES' and MART's weight of the KL term.
         adversarial_weight: ``mixed``: weight w of the adversarial cross-entropy (clean: 1 - w).
         gradient_penalty: λ of the input-gradient penalty λ·||∇x CE(x, y)||² at the clean input
             (double backpropagation); 0 turns it off.
+        grad_align: λ of GradAlign's λ·(1 - cos(∇x CE(x), ∇x CE(x + δ))), δ uniform in the
+            eps-ball (double backpropagation); 0 turns it off.
+        n_fgsm: ``method="fast"`` only: :class:`~robustkit.training.NFGSM` settings run N-FGSM
+            (noise U[-k·eps, k·eps], step α, no projection) instead of FGSM-RS.
+        awp: relative radius gamma of adversarial weight perturbation (e.g. 5e-3): the gradient
+            is taken at w + v, v_l = gamma·||w_l||·g_l/||g_l|| (:mod:`~robustkit.training.awp`).
+        ema_weights: validate (and pick the best epoch) on the optimizer's moving average of the
+            weights and end training with it in the model; needs ``use_ema=True``.
+        deterministic: ``tf.config.experimental.enable_op_determinism()`` (process-wide), so the
+            same seeds give the same weights from one process to the next; seed the model's
+            initialisation yourself (``keras.utils.set_random_seed``).
         attack_training_mode: run the attack's forward passes in training mode (dropout on,
             BatchNorm updating its moving statistics on every attack step). Off by default: the
             attack sees the model as at inference and only the loss pass is in training mode.
@@ -97,6 +113,11 @@ class AdversarialTrainer:
         beta: float = 6.0,
         adversarial_weight: float = 0.5,
         gradient_penalty: float = 0.0,
+        grad_align: float = 0.0,
+        n_fgsm: NFGSM | None = None,
+        awp: float | None = None,
+        ema_weights: bool = False,
+        deterministic: bool = False,
         attack_training_mode: bool = False,
         eps_schedule: EpsSchedule | None = None,
         validation_attack: ValidationAttack | None = None,
@@ -109,12 +130,14 @@ class AdversarialTrainer:
         seed: int = 0,
     ) -> None:
         check_attack(attack, method)
+        settings = MethodSettings(
+            method, beta, adversarial_weight, gradient_penalty, grad_align, n_fgsm
+        )
+        awp = check_radius(awp)
         if overfit_guard == "auto":
             overfit_guard = "stop" if method == "fast" else None
-        if not 0 <= adversarial_weight <= 1:
-            raise InputError(f"adversarial_weight must be in [0, 1], got {adversarial_weight!r}.")
-        if beta < 0 or gradient_penalty < 0:
-            raise InputError("beta and gradient_penalty must be >= 0.")
+        if deterministic:
+            tf.config.experimental.enable_op_determinism()
         self.classifier = trainable_classifier(model)
         self.optimizer = optimizer
         self.attack = attack
@@ -139,11 +162,9 @@ class AdversarialTrainer:
                 self.classifier,
                 optimizer,
                 attack,
-                method,
-                beta=float(beta),
-                adversarial_weight=float(adversarial_weight),
-                gradient_penalty=float(gradient_penalty),
+                settings,
                 attack_training_mode=bool(attack_training_mode),
+                awp=awp,
                 seed=self.seed,
             )
             self._state = TrainerState()
@@ -155,6 +176,7 @@ class AdversarialTrainer:
                 self.guard = OverfitGuard(
                     weights + list(optimizer.variables), overfit_guard, guard_drop, max_rollbacks
                 )
+        self.averaged = AveragedWeights(self.classifier.model, optimizer) if ema_weights else None
         if self.guard is not None:  # the training attack at the validation radius
             own = training_attack(attack, method, self.validator.norm.eps)
             self._guard_validator = Validator(
@@ -298,7 +320,8 @@ class AdversarialTrainer:
                     break
         if summaries is not None:
             summaries.close()
-        self._restore_best(history)
+        if not self._restore_best(history) and self.averaged is not None:
+            self.averaged.put_in()
         callback_list.on_train_end(logs)
         return history
 
@@ -348,14 +371,16 @@ class AdversarialTrainer:
         ``val_*`` and ``guard_*`` metrics); why training stops now, or None to carry on."""
         patience_ran_out = False
         if validation_data is not None:
-            measured = self.validator.measure(*validation_data)
-            logs.update({f"val_{name}": value for name, value in measured.items()})
-            patience_ran_out = self.early_stopping.on_epoch_end(epoch, logs)
+            with averaged_or_own(self.averaged):  # the best epoch's snapshot holds them too
+                measured = self.validator.measure(*validation_data)
+                logs.update({f"val_{name}": value for name, value in measured.items()})
+                patience_ran_out = self.early_stopping.on_epoch_end(epoch, logs)
             history.best_epoch = self.early_stopping.best_epoch
             history.best_val_adv_accuracy = self.early_stopping.best
         guard_stop = None
         if guard_data is not None:
-            guard_stop = self._check_guard(epoch, logs, guard_data, history)
+            validators = (self.validator, self._guard_validator)
+            guard_stop = judge_guard_batch(self.guard, validators, guard_data, epoch, logs, history)
         if guard_stop is not None:
             return guard_stop
         if patience_ran_out:
@@ -364,45 +389,11 @@ class AdversarialTrainer:
             return "callback"
         return None
 
-    def _check_guard(
-        self,
-        epoch: int,
-        logs: dict[str, float],
-        data: tuple[np.ndarray, np.ndarray],
-        history: TrainingHistory,
-    ) -> str | None:
-        """Attack the guard batch with both attacks and let the guard decide (``logs`` gains
-        its metrics); the reason to stop, or None to carry on."""
-        accuracy = self.validator.measure(*data)["adv_accuracy"]
-        own = self._guard_validator.measure(*data)["adv_accuracy"]
-        decision = self.guard.on_epoch_end(accuracy, own)
-        logs["guard_accuracy"] = accuracy
-        logs["guard_training_attack_accuracy"] = own
-        logs["guard_fired"] = float(decision.fired)
-        if decision.fired:
-            reason = "; ".join(decision.reasons)
-            history.add_event(
-                epoch,
-                "overfit_guard",
-                action=self.guard.action,
-                guard_accuracy=accuracy,
-                reference=decision.reference,
-                training_attack_accuracy=own,
-                reason=reason,
-            )
-            logger.warning(
-                "Catastrophic overfitting at epoch %d on the guard batch: %s (guard action: %s).",
-                epoch + 1,
-                reason,
-                self.guard.action,
-            )
-        return decision.stop_reason
-
-    def _restore_best(self, history: TrainingHistory) -> None:
+    def _restore_best(self, history: TrainingHistory) -> bool:
         """End with the weights of the best robust validation epoch (an event when they are
-        not the last epoch's)."""
+        not the last epoch's); whether they were put back."""
         if not self.early_stopping.on_train_end():
-            return
+            return False
         best, last = self.early_stopping.best_epoch, history.epoch[-1]
         already = history.events and history.events[-1].get("event") == "restored_best"
         if best != last and not already:
@@ -410,3 +401,4 @@ class AdversarialTrainer:
             logger.info(
                 "Restored the weights of epoch %d (best robust validation accuracy).", best + 1
             )
+        return True
