@@ -3,6 +3,8 @@ on linear models (NumPy references, finite differences) and bit-identical weight
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -351,3 +353,14 @@ def test_awp_perturbation_is_removed_exactly_after_each_step() -> None:
     for got, want in zip(model.trainable_variables, before, strict=True):
         np.testing.assert_array_equal(got.numpy(), want)
     assert history.history["grad_norm"][0] > 0  # there was a gradient to apply
+
+
+def test_awp_and_ema_under_two_replicas_give_the_weights_of_one_device(run_fresh) -> None:
+    """AWP's ascent gradient is summed over the replicas, so both perturb alike; the averages
+    are mirrored like the weights."""
+    report = run_fresh(Path(__file__).with_name("training_options_distributed_worker.py"))
+    assert report["replicas"] == 2
+    assert report["weight_change"] > 0.05
+    assert report["weight_difference"] < 1e-5
+    for name, difference in report["metric_difference"].items():
+        assert difference < 1e-5, name
