@@ -7,8 +7,8 @@ Only the chief writes to the real output paths; another worker writes what it mu
 worker saves a checkpoint, for saving may need collectives) to a ``workertemp_<id>`` folder
 inside the output folder, removed once written (TensorFlow's multi-worker convention).
 
-Without a cluster (no strategy, one device, MirroredStrategy, one worker) every function here
-is the plain case: this process writes, nothing is gathered, nothing is translated.
+Without a cluster (no strategy, one device, MirroredStrategy, one worker) this process writes
+to the real paths and no error is translated; the gathering functions are for clusters only.
 """
 
 from __future__ import annotations

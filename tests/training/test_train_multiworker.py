@@ -11,7 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from worker_processes import Processes, free_ports, run_cluster, tf_config
+
+from robustkit import cluster
+from robustkit.training.checkpoints import restart_advice
 
 WORKER = Path(__file__).with_name("training_multiworker_worker.py")
 TOLERANCE = 1e-5  # float32 round-off of sums taken in another order
@@ -115,3 +119,77 @@ def test_a_killed_worker_stops_the_run_naming_it_and_a_restart_resumes(
         assert result["saved_to"][0].startswith(str(checkpoints))
         assert len(result["saved_to"]) == 2  # epochs 2 and 3 only: epoch 1 came from ckpt-1
     assert checkpoint_files(checkpoints) == saved(1, 2, 3)
+
+
+@pytest.mark.slow
+def test_workers_that_see_different_checkpoints_refuse_to_start(
+    tmp_path: Path, uninterrupted: dict[str, Any]
+) -> None:
+    ports = free_ports(2)
+    folders = [uninterrupted["checkpoints"], tmp_path / "not-shared"]  # worker 1 sees none
+    with Processes() as processes:
+        for index, folder in enumerate(folders):
+            config = tf_config(ports, index)
+            processes.start(
+                f"worker {index}",
+                WORKER,
+                "--checkpoint-dir",
+                str(folder),
+                "--resume",
+                TF_CONFIG=config,
+            )
+        finished = [processes.wait(f"worker {index}", RUN_SECONDS) for index in range(2)]
+    seen = (
+        f"(worker 0 at 127.0.0.1:{ports[0]} sees ckpt-3, worker 1 at 127.0.0.1:{ports[1]} sees "
+        "none). checkpoint_dir must be one folder every worker reads"
+    )
+    for worker in finished:
+        assert worker.returncode != 0
+        assert "InputError: The workers see different checkpoints" in worker.stderr
+        assert seen in worker.stderr, worker.stderr[-3000:]
+    assert not folders[1].exists()  # nothing written
+
+
+def two_workers(task: int) -> Any:
+    """A stand-in strategy of a cluster of two workers, seen from worker ``task``."""
+    spec = tf.train.ClusterSpec({"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]})
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        spec, task_type="worker", task_id=task
+    )
+    extended = type("Extended", (), {"should_checkpoint": task == 0})()
+    return type("Strategy", (), {"cluster_resolver": resolver, "extended": extended})()
+
+
+def test_the_lost_worker_is_named_from_the_task_or_the_address_tensorflow_reports() -> None:
+    advice = restart_advice("/shared/ckpt")
+    heartbeat = tf.errors.UnavailableError(
+        None,
+        None,
+        "The following tasks are unhealthy (stopped sending heartbeats):\n"
+        "/job:worker/replica:0/task:1\nThe tasks have crashed.",
+    )
+    error = cluster.lost_worker_error(heartbeat, two_workers(0), advice)
+    assert str(error) == (
+        "worker 1 at 10.0.0.2:2222 stopped responding (TensorFlow reports it unavailable; seen "
+        "from worker 0 at 10.0.0.1:2222); restart all workers with the same TF_CONFIG and "
+        "resume=True to resume from the last checkpoint in /shared/ckpt."
+    )
+    refused = tf.errors.UnavailableError(None, None, "ipv4:10.0.0.1:2222: Connection refused")
+    error = cluster.lost_worker_error(refused, two_workers(1), restart_advice(None))
+    assert str(error).startswith("worker 0 at 10.0.0.1:2222 stopped responding")
+    assert str(error).endswith(
+        "without a checkpoint_dir training starts again from the first epoch."
+    )
+    timeout = tf.errors.DeadlineExceededError(None, None, "Collective has timed out.")
+    error = cluster.lost_worker_error(timeout, two_workers(0), advice)
+    assert str(error).startswith(
+        "worker 1 at 10.0.0.2:2222 stopped responding (a collective operation timed out, "
+        "without saying which worker;"
+    )
+    assert cluster.lost_worker_error(heartbeat, None, advice) is None  # no cluster: as it is
+
+
+def test_only_the_chief_writes_to_the_real_folder() -> None:
+    assert cluster.write_directory("/shared/ckpt", two_workers(0)) == "/shared/ckpt"
+    assert cluster.write_directory("/shared/ckpt", two_workers(1)) == "/shared/ckpt/workertemp_1"
+    assert cluster.write_directory("/shared/ckpt", None) == "/shared/ckpt"
