@@ -7,6 +7,7 @@ flow through it. A softmax head is unwrapped to its pre-softmax output without c
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -359,3 +360,15 @@ def load_classifier(
     preprocessing, output, input_shape, ...)."""
     model = load_keras_model(path, safe_mode=safe_mode, custom_objects=custom_objects)
     return Classifier(model, **classifier_options)
+
+
+def weights_digest(classifier: Classifier) -> str:
+    """SHA-256 (hex) of the model's weights, shapes included: how a journal or a checkpoint
+    recognises the same model when a run resumes. A callable without ``weights`` digests to
+    the empty hash."""
+    digest = hashlib.sha256()
+    for weight in getattr(classifier.model, "weights", ()):
+        values = np.asarray(weight)
+        digest.update(str(values.shape).encode())
+        digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()

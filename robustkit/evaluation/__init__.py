@@ -16,6 +16,7 @@ from robustkit.evaluation.schema import (
     SCHEMA_VERSION,
     validate_report,
 )
+from robustkit.evaluation.sources import ArraySource, ExampleSource
 from robustkit.evaluation.suites import SuiteAttack, plus_suite, quick_suite, standard_suite
 
 __all__ = [
@@ -23,9 +24,11 @@ __all__ = [
     "REPORT_SCHEMA",
     "SCHEMA_NAME",
     "SCHEMA_VERSION",
+    "ArraySource",
     "AttackOutcome",
     "CheckResult",
     "ExampleRecords",
+    "ExampleSource",
     "ProgressEvent",
     "RobustnessReport",
     "SuiteAttack",

@@ -34,6 +34,16 @@ PassProgress = Callable[[str, int, int, int, int], None]
 NOT_ATTACKED = -2  # broken_by of an example misclassified before any attack
 UNBROKEN = -1  # broken_by of an example no attack broke
 BY_CHECK = -3  # broken_by of an example only a sanity check's attack broke
+# CascadeResult's per-example arrays [m] (attacked and broken are [A, m], x_adv [m, H, W, C])
+PER_EXAMPLE = (
+    "robust",
+    "broken_by",
+    "adversarial_pred",
+    "adversarial_margin",
+    "linf",
+    "l2",
+    "evaluations",
+)
 
 
 def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -92,6 +102,127 @@ def within_ball(
     return (distance <= eps + slack) & in_bounds
 
 
+def start_cascade(
+    clean_logits: np.ndarray, y: np.ndarray, num_attacks: int, x: np.ndarray | None
+) -> CascadeResult:
+    """The state before any attack for m examples with true labels y [m] and clean logits
+    [m, K]: the correctly classified are robust; ``x`` [m, H, W, C] when images are kept."""
+    m = len(y)
+    clean_pred = clean_logits.argmax(axis=1)
+    correct = clean_pred == y
+    return CascadeResult(
+        robust=correct.copy(),
+        broken_by=np.where(correct, UNBROKEN, NOT_ATTACKED).astype(np.int64),
+        adversarial_pred=clean_pred.astype(np.int64),
+        adversarial_margin=margins(clean_logits, y),
+        linf=np.zeros(m, np.float32),
+        l2=np.zeros(m, np.float32),
+        evaluations=np.zeros(m, np.int64),
+        attacked=np.zeros((num_attacks, m), bool),
+        broken=np.zeros((num_attacks, m), bool),
+        x_adv=None if x is None else x.copy(),
+        outcomes=[],
+        verification={"rechecked": 0, "outside_ball": 0, "disagreements": 0},
+    )
+
+
+def still_robust(result: CascadeResult, correct: np.ndarray, a: int, cascade: bool) -> np.ndarray:
+    """bool [m]: robust once attack ``a`` has run (cascade: against attacks 0..a together;
+    independent: against attack a alone)."""
+    found = (result.broken_by >= 0) & (result.broken_by <= a) if cascade else result.broken[a]
+    return is_robust(correct, found)
+
+
+def run_attack(
+    executor: Executor,
+    state: CascadeResult,
+    a: int,
+    attack_pair: tuple[SuiteAttack, Any],
+    norm: Norm,
+    x: np.ndarray,
+    y: np.ndarray,
+    clean_logits: np.ndarray,
+    keys: np.ndarray,
+    *,
+    cascade: bool = True,
+    progress: PassProgress | None = None,
+) -> None:
+    """Run the ``a``-th built suite attack (spec, attack) on x [m, H, W, C] and advance
+    ``state`` (from :func:`start_cascade`, attacks 0..a-1 done) in place; see
+    :func:`run_cascade`."""
+    spec, attack = attack_pair
+    classifier: Classifier = executor.classifier
+    bounds = classifier.bounds
+    correct = clean_logits.argmax(axis=1) == y
+    broken_by, broken, verification = state.broken_by, state.broken, state.verification
+    started = time.perf_counter()
+    spent = 0
+    targets = top_other_classes(clean_logits, y, spec.top_k_targets)
+    passes: list[np.ndarray | None] = list(targets) if spec.top_k_targets else [None]
+    for p, pass_targets in enumerate(passes):
+        todo = correct & ~broken[a]
+        if cascade:
+            todo &= broken_by == UNBROKEN
+        idx = np.flatnonzero(todo)
+        if idx.size == 0:
+            continue
+
+        def report(
+            done: int, total: int, name: str = spec.name, p: int = p, of: int = len(passes)
+        ) -> None:
+            if progress is not None:
+                progress(name, p, of, done, total)
+
+        out = executor.run(
+            attack,
+            x[idx],
+            y[idx],
+            keys[idx],
+            norm.eps,
+            targets=None if pass_targets is None else pass_targets[idx],
+            progress=report,
+        )
+        state.attacked[a, idx] = True
+        state.evaluations[idx] += out.evaluations
+        spent += int(out.evaluations.sum())
+        hit, fresh_logits = verify(executor, norm, out.x_adv, x[idx], y[idx], out.logits)
+        claimed = out.logits.argmax(axis=1) != y[idx]
+        inside = within_ball(norm.name, norm.eps, out.x_adv, x[idx], bounds)
+        verification["outside_ball"] += int(np.sum(claimed & ~inside))
+        verification["rechecked"] += int(np.sum(claimed & inside))
+        verification["disagreements"] += int(np.sum(claimed & inside & ~hit))
+        broken[a, idx[hit]] = True
+        d_linf, d_l2 = _distances(out.x_adv - x[idx])
+        out_margin = margins(fresh_logits, y[idx])
+        unbroken = broken_by[idx] == UNBROKEN
+        newly = hit & unbroken
+        keep = newly | (unbroken & inside & (out_margin > state.adversarial_margin[idx]))
+        rows = idx[keep]
+        broken_by[idx[newly]] = a
+        state.adversarial_pred[rows] = fresh_logits[keep].argmax(axis=1)
+        state.adversarial_margin[rows] = out_margin[keep]
+        state.linf[rows], state.l2[rows] = d_linf[keep], d_l2[keep]
+        if state.x_adv is not None:
+            state.x_adv[rows] = out.x_adv[keep]
+    robust_after = still_robust(state, correct, a, cascade)
+    budget = attack.budget(classifier.num_classes) * int(correct.sum()) * len(passes)
+    state.outcomes.append(
+        AttackOutcome(
+            attack=spec.name,
+            eps=norm.eps,
+            attacked=int(state.attacked[a].sum()),
+            broken=int(broken[a].sum()),
+            robust_accuracy=float(robust_after.mean()) if len(y) else 0.0,
+            gradient_evaluations=0 if spec.gradient_free else spent,
+            forward_evaluations=spent if spec.gradient_free else 0,
+            full_budget_gradient_evaluations=0 if spec.gradient_free else budget,
+            full_budget_forward_evaluations=budget if spec.gradient_free else 0,
+            wall_time_s=time.perf_counter() - started,
+        )
+    )
+    state.robust = is_robust(correct, broken_by != UNBROKEN)
+
+
 def run_cascade(
     executor: Executor,
     attacks: Sequence[tuple[SuiteAttack, Any]],
@@ -112,103 +243,67 @@ def run_cascade(
     inside the ball and the bounds and a fresh forward pass misclassifies it; claims the fresh
     pass does not confirm are counted as disagreements (a deterministic model has none).
     """
-    classifier: Classifier = executor.classifier
-    bounds = classifier.bounds
-    m, num_attacks = len(x), len(attacks)
-    clean_pred = clean_logits.argmax(axis=1)
-    correct = clean_pred == y
-    broken_by = np.where(correct, UNBROKEN, NOT_ATTACKED).astype(np.int64)
-    adversarial_pred = clean_pred.astype(np.int64)
-    adversarial_margin = margins(clean_logits, y)
-    linf, l2 = np.zeros(m, np.float32), np.zeros(m, np.float32)
-    evaluations = np.zeros(m, np.int64)
-    attacked = np.zeros((num_attacks, m), bool)
-    broken = np.zeros((num_attacks, m), bool)
-    x_adv = x.copy() if keep_images else None
-    outcomes: list[AttackOutcome] = []
-    verification = {"rechecked": 0, "outside_ball": 0, "disagreements": 0}
+    state = start_cascade(clean_logits, y, len(attacks), x if keep_images else None)
+    for a, attack_pair in enumerate(attacks):
+        run_attack(
+            executor,
+            state,
+            a,
+            attack_pair,
+            norm,
+            x,
+            y,
+            clean_logits,
+            keys,
+            cascade=cascade,
+            progress=progress,
+        )
+    return state
 
-    for a, (spec, attack) in enumerate(attacks):
-        started = time.perf_counter()
-        spent = 0
-        targets = top_other_classes(clean_logits, y, spec.top_k_targets)
-        passes: list[np.ndarray | None] = list(targets) if spec.top_k_targets else [None]
-        for p, pass_targets in enumerate(passes):
-            todo = correct & ~broken[a]
-            if cascade:
-                todo &= broken_by == UNBROKEN
-            idx = np.flatnonzero(todo)
-            if idx.size == 0:
-                continue
 
-            def report(
-                done: int, total: int, name: str = spec.name, p: int = p, of: int = len(passes)
-            ) -> None:
-                if progress is not None:
-                    progress(name, p, of, done, total)
+def merge_results(
+    parts: Sequence[CascadeResult], correct: np.ndarray, cascade: bool
+) -> CascadeResult:
+    """One eps's results over consecutive chunks of examples as one result, as if the chunks
+    had been attacked together: per-example arrays joined, counts and costs summed, each
+    attack's robust accuracy recomputed over all examples. ``correct`` bool [N]: clean-correct."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
 
-            out = executor.run(
-                attack,
-                x[idx],
-                y[idx],
-                keys[idx],
-                norm.eps,
-                targets=None if pass_targets is None else pass_targets[idx],
-                progress=report,
+    def joined(name: str, axis: int = 0) -> np.ndarray:
+        return np.concatenate([getattr(part, name) for part in parts], axis=axis)
+
+    merged = CascadeResult(
+        **{name: joined(name) for name in PER_EXAMPLE},
+        attacked=joined("attacked", axis=1),
+        broken=joined("broken", axis=1),
+        x_adv=None if first.x_adv is None else joined("x_adv"),
+        outcomes=[],
+        verification={
+            key: sum(part.verification[key] for part in parts) for key in first.verification
+        },
+    )
+    for a, outcome in enumerate(first.outcomes):
+        summed = {
+            key: sum(getattr(part.outcomes[a], key) for part in parts)
+            for key in (
+                "attacked",
+                "broken",
+                "gradient_evaluations",
+                "forward_evaluations",
+                "full_budget_gradient_evaluations",
+                "full_budget_forward_evaluations",
+                "wall_time_s",
             )
-            attacked[a, idx] = True
-            evaluations[idx] += out.evaluations
-            spent += int(out.evaluations.sum())
-            hit, fresh_logits = verify(executor, norm, out.x_adv, x[idx], y[idx], out.logits)
-            claimed = out.logits.argmax(axis=1) != y[idx]
-            inside = within_ball(norm.name, norm.eps, out.x_adv, x[idx], bounds)
-            verification["outside_ball"] += int(np.sum(claimed & ~inside))
-            verification["rechecked"] += int(np.sum(claimed & inside))
-            verification["disagreements"] += int(np.sum(claimed & inside & ~hit))
-            broken[a, idx[hit]] = True
-            d_linf, d_l2 = _distances(out.x_adv - x[idx])
-            out_margin = margins(fresh_logits, y[idx])
-            unbroken = broken_by[idx] == UNBROKEN
-            newly = hit & unbroken
-            keep = newly | (unbroken & inside & (out_margin > adversarial_margin[idx]))
-            rows = idx[keep]
-            broken_by[idx[newly]] = a
-            adversarial_pred[rows] = fresh_logits[keep].argmax(axis=1)
-            adversarial_margin[rows] = out_margin[keep]
-            linf[rows], l2[rows] = d_linf[keep], d_l2[keep]
-            if x_adv is not None:
-                x_adv[rows] = out.x_adv[keep]
-        found = broken_by != UNBROKEN if cascade else broken[a]
-        still_robust = is_robust(correct, found)
-        budget = attack.budget(classifier.num_classes) * int(correct.sum()) * len(passes)
-        outcomes.append(
+        }
+        accuracy = float(still_robust(merged, correct, a, cascade).mean())
+        merged.outcomes.append(
             AttackOutcome(
-                attack=spec.name,
-                eps=norm.eps,
-                attacked=int(attacked[a].sum()),
-                broken=int(broken[a].sum()),
-                robust_accuracy=float(still_robust.mean()) if m else 0.0,
-                gradient_evaluations=0 if spec.gradient_free else spent,
-                forward_evaluations=spent if spec.gradient_free else 0,
-                full_budget_gradient_evaluations=0 if spec.gradient_free else budget,
-                full_budget_forward_evaluations=budget if spec.gradient_free else 0,
-                wall_time_s=time.perf_counter() - started,
+                attack=outcome.attack, eps=outcome.eps, robust_accuracy=accuracy, **summed
             )
         )
-    return CascadeResult(
-        robust=is_robust(correct, broken_by != UNBROKEN),
-        broken_by=broken_by,
-        adversarial_pred=adversarial_pred,
-        adversarial_margin=adversarial_margin,
-        linf=linf,
-        l2=l2,
-        evaluations=evaluations,
-        attacked=attacked,
-        broken=broken,
-        x_adv=x_adv,
-        outcomes=outcomes,
-        verification=verification,
-    )
+    return merged
 
 
 def verify(

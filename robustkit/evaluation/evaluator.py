@@ -8,6 +8,7 @@ worst case per example is robust = correctly classified and broken by no attack.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import tensorflow as tf
 
 import robustkit
 from robustkit.errors import InputError
-from robustkit.evaluation.cascade import carry_over, run_cascade
+from robustkit.evaluation.checkpoint import EvaluationCheckpoint
 from robustkit.evaluation.checks import (
     CheckAttacker,
     CheckContext,
@@ -29,10 +30,17 @@ from robustkit.evaluation.checks import (
     run_checks,
     select_checks,
 )
-from robustkit.evaluation.engine import MAIN_STREAM, Executor, keys_for
+from robustkit.evaluation.engine import Executor
+from robustkit.evaluation.main_pass import run_main_pass
 from robustkit.evaluation.report import AttackOutcome, ExampleRecords, RobustnessReport
+from robustkit.evaluation.sources import (
+    STREAM_CHUNK_BATCHES,
+    ArraySource,
+    ExampleSource,
+    image_array,
+)
 from robustkit.evaluation.suites import resolve_suite
-from robustkit.models import Classifier
+from robustkit.models import Classifier, weights_digest
 from robustkit.norms import NORMS, Norm, make_norm
 
 logger = logging.getLogger(__name__)
@@ -59,8 +67,14 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
-def _read_data(classifier: Classifier, data: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Images [N, H, W, C] float32 and labels [N] int64 from (x, y) or {"x": .., "y": ..}."""
+def _read_source(classifier: Classifier, data: Any) -> ExampleSource:
+    """The examples of ``data``: an ExampleSource as it is (labels checked), or (x, y) /
+    {"x": .., "y": ..} as an ArraySource of float32 images [N, H, W, C] and int64 labels [N]."""
+    if isinstance(data, ExampleSource):
+        if len(data) == 0:
+            raise InputError("data holds no images.")
+        classifier.validate_labels(data.labels, len(data), name="labels")
+        return data
     if isinstance(data, Mapping):
         if "x" not in data or "y" not in data:
             raise InputError("data as a mapping needs keys 'x' (images) and 'y' (labels).")
@@ -68,14 +82,29 @@ def _read_data(classifier: Classifier, data: Any) -> tuple[np.ndarray, np.ndarra
     elif isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = data
     else:
-        raise InputError("data must be (x, y): images [N, H, W, C] in bounds and labels [N].")
+        raise InputError(
+            "data must be (x, y): images [N, H, W, C] in bounds and labels [N], or an "
+            "ExampleSource."
+        )
     if y is None:
         raise InputError("Robust accuracy needs the true labels y; got None.")
     images = classifier.validate_images(x, name="x").numpy()
     if len(images) == 0:
         raise InputError("data holds no images.")
     labels = classifier.validate_labels(y, len(images), name="y").numpy().astype(np.int64)
-    return images, labels
+    return ArraySource(images, labels)
+
+
+def _chunk_size(chunk_size: int | None, source: ExampleSource, executor: Executor) -> int:
+    """Examples per chunk: as given; by default every example of arrays in memory, and
+    STREAM_CHUNK_BATCHES compiled batches (on every replica) of a streamed source."""
+    if chunk_size is None:
+        if isinstance(source, ArraySource):
+            return len(source)
+        return STREAM_CHUNK_BATCHES * executor.chunk_size * executor.replicas
+    if int(chunk_size) < 1:
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size!r}.")
+    return int(chunk_size)
 
 
 def _resolve_threat(threat: str | Norm, epsilons: Sequence[float] | None) -> tuple[str, list]:
@@ -160,13 +189,16 @@ def evaluate(
     per_example: bool = False,
     return_images: bool = False,
     progress: ProgressCallback | None = None,
+    chunk_size: int | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> RobustnessReport:
     """Measure robust accuracy of ``classifier`` on ``data`` under an attack suite.
 
     Args:
         classifier: the model, in pixel space.
         data: (x, y) or {"x": x, "y": y}: images [N, H, W, C] float32 in the classifier's
-            bounds and true labels [N].
+            bounds and true labels [N]; or an :class:`ExampleSource`, whose images are read
+            one chunk at a time (bounded memory; e.g. an image folder).
         threat: ``Linf(eps)`` / ``L2(eps)``, or "linf" / "l2" with ``epsilons``.
         epsilons: radii in pixel units (e.g. [0.1, 0.2, 0.3]); default the threat's eps.
         suite: "standard" (AutoAttack's: APGD-CE, APGD-T, FAB-T, Square), "plus", "quick"
@@ -184,6 +216,13 @@ def evaluate(
         per_example: keep per-example records in the report.
         return_images: keep the adversarial images [E, N, H, W, C] in the report.
         progress: called with a :class:`ProgressEvent` after each chunk.
+        chunk_size: examples read, attacked under every eps and checkpointed together; by
+            default all of in-memory data, and ``STREAM_CHUNK_BATCHES`` batches of a source.
+            Examples' results do not depend on it (each draws from its own key).
+        checkpoint_dir: a folder where every finished (chunk, eps, attack) cell is saved;
+            rerun with the same arguments after an interruption, the evaluation continues
+            from there and gives the same report (timings aside). A folder holding another
+            evaluation's checkpoint is refused. The caller removes it when done.
     """
     started = time.perf_counter()
     if not isinstance(classifier, Classifier):
@@ -192,53 +231,69 @@ def evaluate(
         raise InputError(f"check_samples must be >= 1, got {check_samples!r}.")
     if int(seed) < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
-    x, y = _read_data(classifier, data)
+    source = _read_source(classifier, data)
     norm_name, epsilons = _resolve_threat(threat, epsilons)
     suite_name, specs = resolve_suite(suite)
     check_names = select_checks(checks)
     executor = Executor(classifier, strategy, batch_size)
-    n = len(x)
+    n, y = len(source), source.labels
+    chunk = _chunk_size(chunk_size, source, executor)
+    # Built once: the radius is a tensor argument, so each attack traces once for every eps.
+    attacks = [(spec, spec.build(make_norm(norm_name, epsilons[0]), seed=seed)) for spec in specs]
+    descriptions = _describe(
+        specs, [attack for _, attack in attacks], epsilons, classifier.num_classes
+    )
+    store = None
+    if checkpoint_dir is not None:
+        identity = {
+            "model_weights_sha256": weights_digest(classifier),
+            "input_shape": list(classifier.input_shape),
+            "bounds": list(classifier.bounds),
+            "preprocessing": classifier.preprocessing.to_dict(),
+            "examples": {"count": n, **source.identity()},
+            "norm": norm_name,
+            "epsilons": epsilons,
+            "attacks": descriptions,
+            "cascade": cascade,
+            "seed": int(seed),
+            "chunk_size": chunk,
+            "batch_size": executor.chunk_size,
+            "replicas": executor.replicas,
+            "return_images": return_images,
+        }
+        store = EvaluationCheckpoint(checkpoint_dir, identity)
 
-    clean_logits = classifier.predict_logits(x, executor.chunk_size)
-    clean_seconds = time.perf_counter() - started
+    def report(name: str, eps: float, p: int, passes: int, done: int, total: int) -> None:
+        if progress is not None:
+            progress(ProgressEvent("attack", name, eps, done, total, p + 1, passes))
+
+    main = run_main_pass(
+        executor,
+        attacks,
+        norm_name,
+        epsilons,
+        source,
+        seed=seed,
+        cascade=cascade,
+        keep_images=return_images,
+        chunk_size=chunk,
+        checkpoint=store,
+        progress=report,
+    )
+    clean_logits, results = main.clean_logits, main.results
+    clean_seconds = main.clean_seconds
     clean_pred = clean_logits.argmax(axis=1).astype(np.int64)
     correct = clean_pred == y
     logger.info("clean accuracy %.4f on %d examples", correct.mean(), n)
-
-    results, outcomes = [], []
-    verification = {"rechecked": 0, "outside_ball": 0, "disagreements": 0}
-    # Built once: the radius is a tensor argument, so each attack traces once for every eps.
-    attacks = [(spec, spec.build(make_norm(norm_name, epsilons[0]), seed=seed)) for spec in specs]
-    keys = keys_for(seed, MAIN_STREAM, np.arange(n))
-    for eps in epsilons:
-        norm = make_norm(norm_name, eps)
-
-        def report(name: str, p: int, passes: int, done: int, total: int, eps=eps) -> None:
-            if progress is not None:
-                progress(ProgressEvent("attack", name, eps, done, total, p + 1, passes))
-
-        result = run_cascade(
-            executor,
-            attacks,
-            norm,
-            x,
-            y,
-            clean_logits,
-            keys,
-            cascade=cascade,
-            keep_images=return_images,
-            progress=report,
+    verification = {
+        key: sum(result.verification[key] for result in results)
+        for key in ("rechecked", "outside_ball", "disagreements")
+    }
+    outcomes = [outcome for result in results for outcome in result.outcomes]
+    for outcome in outcomes:
+        logger.info(
+            "eps %g %s: robust accuracy %.4f", outcome.eps, outcome.attack, outcome.robust_accuracy
         )
-        if results:
-            carry_over(results[-1], result)
-        results.append(result)
-        for key in verification:
-            verification[key] += result.verification[key]
-        outcomes.extend(result.outcomes)
-        for outcome in result.outcomes:
-            logger.info(
-                "eps %g %s: robust accuracy %.4f", eps, outcome.attack, outcome.robust_accuracy
-            )
     attacks_seconds = time.perf_counter() - started - clean_seconds
 
     records = ExampleRecords(
@@ -266,7 +321,8 @@ def evaluate(
 
     rng = np.random.default_rng(seed)
     subsample = np.sort(rng.choice(n, size=min(int(check_samples), n), replace=False))
-    data = CheckData(classifier, x, y, clean_logits, subsample, executor.chunk_size)
+    images = image_array(source)
+    data = CheckData(classifier, images, y, clean_logits, subsample, executor.chunk_size)
     suite_run = SuiteRun(
         specs=specs,
         attacks=[attack for _, attack in attacks],
@@ -296,9 +352,7 @@ def evaluate(
         bounds=classifier.bounds,
         epsilons=epsilons,
         suite=suite_name,
-        attacks=_describe(
-            specs, [attack for _, attack in attacks], epsilons, classifier.num_classes
-        ),
+        attacks=descriptions,
         mode="cascade" if cascade else "independent",
         seed=int(seed),
         num_examples=n,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,12 @@ from robustkit import evaluation
 from robustkit.errors import InputError
 from robustkit.evaluation import RobustnessReport, write_report
 from robustkit.evaluation.render import REPORT_FILES
+from robustkit.evaluation.sources import image_array
 from robustkit.evaluation.suites import SUITES
 from robustkit.io import atomic_write, from_uint8
 from robustkit.models import Classifier
 from robustkit.norms import Norm
-from robustkit.runs.folder import summarize_notes
+from robustkit.runs.examples import FolderExamples
 from robustkit.runs.html import REPORT_HTML, evaluation_page
 from robustkit.runs.options import (
     ImageOptions,
@@ -35,6 +37,7 @@ from robustkit.runs.outputs import locked_output, refuse_overwrite
 logger = logging.getLogger(__name__)
 
 ADVERSARIAL_NPZ = "adversarial.npz"
+CHECKPOINT = ".robustkit-evaluate-checkpoint"  # in the output folder until the reports are done
 SUITE_NAMES = tuple(SUITES)
 
 
@@ -58,41 +61,31 @@ def read_npz(path: str | os.PathLike[str], classifier: Classifier) -> tuple[np.n
     return x, y
 
 
-def read_labelled_folder(
-    images: str | os.PathLike[str], classifier: Classifier, options: ImageOptions
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every readable labelled image under ``images``, float32 [N, H, W, C] in the classifier's
-    bounds, and its labels [N]; unreadable files are skipped with a logged warning."""
-    folder = open_images(images, classifier, options)
-    if folder.label_source == "none":
-        raise InputError(
-            f"No labels for the images under {images}: robust accuracy needs true labels. Give "
-            "a labels CSV (CLI: --labels labels.csv) or put the images in class subfolders."
-        )
-    pixels, labels, notes = [], [], []
-    for skip in folder.skipped:
-        logger.warning("skipped %s: %s", skip.relative, skip.reason)
-    for batch in folder.batches(options.batch_size):
-        for skip in batch.skipped:
-            logger.warning("skipped %s: %s", skip.relative, skip.reason)
-        if batch.entries:
-            pixels.append(batch.pixels(classifier.bounds))
-            labels.append(batch.labels)
-        notes += batch.notes
-    for line in summarize_notes(notes):
-        logger.info(line)
-    if not pixels:
-        raise InputError(f"None of the images under {images} could be read.")
-    return np.concatenate(pixels), np.concatenate(labels)
+def open_examples(
+    data: str | os.PathLike[str],
+    classifier: Classifier,
+    options: ImageOptions,
+    limit: int | None = None,
+) -> tuple[np.ndarray, np.ndarray] | FolderExamples:
+    """The first ``limit`` examples of ``data``: (x, y) in memory from an .npz file (see
+    :func:`read_npz`), or a labelled image folder or file read chunk by chunk."""
+    if Path(data).suffix.lower() == ".npz" and Path(data).is_file():
+        x, y = read_npz(data, classifier)
+        return x[:limit], y[:limit]
+    folder = open_images(data, classifier, options)
+    return FolderExamples(folder, classifier.bounds, options.batch_size, limit)
 
 
 def read_labelled_images(
     data: str | os.PathLike[str], classifier: Classifier, options: ImageOptions
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) from an .npz file (see :func:`read_npz`) or a labelled image folder or file."""
-    if Path(data).suffix.lower() == ".npz" and Path(data).is_file():
-        return read_npz(data, classifier)
-    return read_labelled_folder(data, classifier, options)
+    """(x, y) in memory from an .npz file or every readable labelled image of a folder or file
+    (float32 [N, H, W, C] in the classifier's bounds, labels [N]); unreadable files are
+    skipped with a logged warning."""
+    examples = open_examples(data, classifier, options)
+    if isinstance(examples, tuple):
+        return examples
+    return examples.images(np.arange(len(examples))), examples.labels
 
 
 def evaluate_folder(
@@ -127,25 +120,31 @@ def evaluate_folder(
     output = OutputOptions.of(out)
     image_options = image_options or ImageOptions()
     per_example = bool(evaluate_options.pop("per_example", False))
+    checkpoint = output.out / CHECKPOINT
     with locked_output(output.out, data):
-        if not output.overwrite:
+        if output.overwrite:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        elif checkpoint.is_dir():
+            logger.info("resuming the interrupted evaluation in %s", output.out)
+        else:
             extra = [ADVERSARIAL_NPZ] * save_adversarial + [REPORT_HTML] * html
             refuse_overwrite([output.out / name for name in [*REPORT_FILES, *extra]], output.out)
         classifier = load_model(model, model_options)
-        x, y = read_labelled_images(data, classifier, image_options)
-        if limit is not None:
-            x, y = x[:limit], y[:limit]
+        examples = open_examples(data, classifier, image_options, limit)
         report = evaluation.evaluate(
             classifier,
-            (x, y),
+            examples,
             threat,
             epsilons,
             batch_size=image_options.batch_size,
             per_example=per_example or html,
             return_images=save_adversarial or html,
+            checkpoint_dir=checkpoint,
             **evaluate_options,
         )
+        y = examples[1] if isinstance(examples, tuple) else examples.labels
         if html:
+            x = examples[0] if isinstance(examples, tuple) else image_array(examples)
             page = evaluation_page(report, x)
             report = dataclasses.replace(
                 report,
@@ -161,4 +160,5 @@ def evaluate_folder(
         if html:
             with atomic_write(output.out / REPORT_HTML, "w") as stream:
                 stream.write(page)
+        shutil.rmtree(checkpoint)
     return report

@@ -30,14 +30,13 @@ from robustkit.io import (
     write_json,
 )
 from robustkit.io.labels import class_index, folder_class_names
-from robustkit.models import Classifier
+from robustkit.models import Classifier, weights_digest
 from robustkit.runs.options import (
     ImageOptions,
     ModelSource,
     OutputOptions,
     describe_model,
     open_images,
-    weights_digest,
 )
 from robustkit.runs.outputs import (
     plan_outputs,

@@ -1,22 +1,25 @@
-"""Faults with real processes: `robustkit attack` and `robustkit saliency` SIGKILLed at exact
+"""Faults with real processes: `robustkit attack`, `saliency` and `evaluate` SIGKILLed at exact
 points (tests/cli/kill_at.py: a batch decoded, a temporary file complete but not renamed, just
 after a rename, half a journal line), rerun until done; a second process on the same --out; a
 read-only and a full output folder. After every kill each file under a final name is complete
 (the bytes an uninterrupted run writes), and the finished run's files are byte-identical to an
-uninterrupted run's (report.json aside from its timing and resume counts)."""
+uninterrupted run's (the reports aside from their timings and resume counts)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cli_helpers import class_tree, save, tiny_cnn
 from click.testing import CliRunner
@@ -41,12 +44,17 @@ PER_RUN = {
 CHAINS = {
     "attack": [("batch", 2), ("before-replace", 3), ("after-replace", 4), ("journal", 1)],
     "saliency": [("before-replace", 3), ("journal", 1)],
+    # evaluate writes identity.json, then per chunk its clean logits and one cell per (eps,
+    # attack): 2 chunks (9 images, 4 batches of 2 each) x 1 eps x 2 attacks
+    "evaluate": [("after-replace", 3), ("before-replace", 2)],
 }
 
 
 def command(kind: str, model: str, images: Path, out: Path) -> list[str]:
     if kind == "attack":
         options = ["--steps", "3", "--eps", "8/255", "--save-perturbation"]
+    elif kind == "evaluate":
+        options = ["--eps", "0.1", "--suite", "quick", "--checks", "none"]
     else:
         options = ["--method", "smoothgrad", "--samples", "3"]
     return [kind, model, str(images), *options, "--batch-size", "2", "--out", str(out)]
@@ -71,9 +79,18 @@ def files_of(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
 
-def without_run_fields(report: bytes) -> dict:
+def without_run_fields(name: str, report: bytes) -> object:
+    """A report without what differs from run to run: timings, and a folder run's counts."""
+    if name == "report.md":  # the wall-time line and the cost table's seconds column
+        text = re.sub(r"- Wall time: .*", "", report.decode())
+        return re.sub(r"\| [0-9.]+ \|$", "|", text, flags=re.MULTILINE)
     data = json.loads(report)
-    data["summary"] = {k: v for k, v in data["summary"].items() if k not in PER_RUN}
+    if "summary" in data:  # a folder run's report
+        data["summary"] = {k: v for k, v in data["summary"].items() if k not in PER_RUN}
+    else:  # an evaluation's report
+        data["timing"] = None
+        for outcome in data["outcomes"]:
+            outcome["wall_time_s"] = None
     return data
 
 
@@ -82,15 +99,22 @@ def assert_nothing_partial(out: Path, reference: dict[str, bytes]) -> None:
     for name, data in files_of(out).items():
         if Path(name).name.startswith("."):
             continue  # temporary files, the journal and the lock: hidden, removed by the rerun
-        assert name != "report.json" and data == reference[name], name
+        if name.startswith(".robustkit-evaluate-checkpoint/"):  # whole cells only
+            if name.endswith(".npz"):
+                with np.load(io.BytesIO(data), allow_pickle=False) as cell:
+                    assert cell.files, name
+            else:
+                assert json.loads(data), name
+            continue
+        assert not name.startswith("report.") and data == reference[name], name
 
 
 def assert_same_as(out: Path, reference: dict[str, bytes]) -> None:
     finished = files_of(out)
     assert sorted(finished) == sorted(reference)
     for name, data in reference.items():
-        if name == "report.json":
-            assert without_run_fields(finished[name]) == without_run_fields(data)
+        if name in ("report.json", "report.md"):
+            assert without_run_fields(name, finished[name]) == without_run_fields(name, data)
         else:
             assert finished[name] == data, name
 
@@ -101,7 +125,7 @@ def setup(tmp_path_factory):
     class_tree(root / "images", per_class=3)  # 9 images: 5 batches of 2
     model = save(tiny_cnn(1), root / "model.keras")
     references = {}
-    for kind in ("attack", "saliency"):
+    for kind in CHAINS:
         out = root / f"reference-{kind}"
         result = CliRunner().invoke(main, command(kind, model, root / "images", out))
         assert result.exit_code == 0, result.output
@@ -110,7 +134,7 @@ def setup(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["attack", "saliency"])
+@pytest.mark.parametrize("kind", sorted(CHAINS))
 def test_killed_at_every_point_then_rerun_gives_the_same_files(setup, tmp_path, kind):
     root, model, references = setup
     out = tmp_path / "out"
@@ -126,7 +150,7 @@ def test_killed_at_every_point_then_rerun_gives_the_same_files(setup, tmp_path, 
             assert not journal.read_bytes().endswith(b"\n"), "the kill cut a journal line"
     code, _, stderr = finish(subprocess_run(args))
     assert code == 0, stderr
-    assert "resuming an interrupted run" in stderr
+    assert re.search("resuming (an|the) interrupted (run|evaluation)", stderr)
     assert "taking over the lock" in stderr  # every kill left its lock behind
     assert_same_as(out, references[kind])
 

@@ -20,8 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from robustkit.evaluation.cascade import BY_CHECK, CascadeResult, run_cascade, within_ball
-from robustkit.evaluation.engine import AttackOutput, Executor, keys_for
+from robustkit.evaluation.engine import Executor, keys_for
 from robustkit.evaluation.report import ExampleRecords
+from robustkit.evaluation.sources import STREAM_CHUNK_BATCHES
 from robustkit.evaluation.suites import SuiteAttack
 from robustkit.gradients import input_gradients
 from robustkit.models import Classifier
@@ -94,6 +95,15 @@ class SuiteRun:
         return [a for a, spec in enumerate(self.specs) if not spec.top_k_targets]
 
 
+@dataclass(frozen=True)
+class SingleStep:
+    """One raw FGSM step at an eps on every example: the fresh logits [N, K] of the stepped
+    images and bool [N] whether each lies inside the bounds and the eps-ball."""
+
+    logits: np.ndarray
+    inside: np.ndarray
+
+
 class CheckAttacker:
     """Runs the checks' own attacks on ``data`` in the ``norm_name`` ball: each check draws
     from its own key stream of ``seed``, and reports ``progress`` under its name."""
@@ -111,7 +121,7 @@ class CheckAttacker:
         self.norm_name = norm_name
         self.seed = seed
         self.progress = progress
-        self._fgsm: dict[float, AttackOutput] = {}
+        self._fgsm: dict[float, SingleStep] = {}
         self._fgsm_step = _fgsm_step(data.classifier, make_norm(norm_name, 0.0))
 
     def _report(self, name: str, eps: float) -> Callable[[int, int], None]:
@@ -125,19 +135,32 @@ class CheckAttacker:
         """Keys [m, 2] of examples ``idx`` [m] in a check's random stream ``stream``."""
         return keys_for(self.seed, stream, idx)
 
-    def attack(
+    def returned_and_inside(
         self, attack: Any, idx: np.ndarray, stream: int, name: str, eps: float
-    ) -> AttackOutput:
-        """Run built ``attack`` untargeted with the true labels on examples ``idx`` at eps."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run built ``attack`` untargeted with the true labels on examples ``idx`` [m] at eps;
+        (bool [m] a fresh forward pass classifies the result as the true label, bool [m] it
+        lies inside the bounds and the eps-ball). Runs STREAM_CHUNK_BATCHES batches at a time,
+        so only that many images are held, whatever m is."""
         data = self.data
-        return self.executor.run(
-            attack,
-            data.x[idx],
-            data.y[idx],
-            self.keys(stream, idx),
-            eps,
-            progress=self._report(name, eps),
-        )
+        piece = STREAM_CHUNK_BATCHES * data.chunk_size * self.executor.replicas
+        report = self._report(name, eps)
+        returned, inside = [], []
+        for begin in range(0, len(idx), piece):
+            part = idx[begin : begin + piece]
+            out = self.executor.run(
+                attack,
+                data.x[part],
+                data.y[part],
+                self.keys(stream, part),
+                eps,
+                progress=lambda done, total, begin=begin: report(begin + done, len(idx)),
+            )
+            returned.append(data.fresh_predictions(out.x_adv) == data.y[part])
+            inside.append(self.within_ball(out.x_adv, part, eps))
+        if not returned:
+            return np.zeros(0, bool), np.zeros(0, bool)
+        return np.concatenate(returned), np.concatenate(inside)
 
     def cascade(
         self,
@@ -161,22 +184,23 @@ class CheckAttacker:
             progress=lambda attack, p, passes, done, total: report(done, total),
         )
 
-    def fgsm(self, eps: float) -> AttackOutput:
+    def fgsm(self, eps: float) -> SingleStep:
         """Raw FGSM at ``eps``: one cross-entropy step of size eps with the true labels from
         every clean image, misclassified ones included, with no best-iterate choice (cached:
         checks 4 and 9 share it; one gradient evaluation per example, so no subsample is
-        needed). Logits are a fresh forward pass of the stepped images."""
+        needed). Logits are a fresh forward pass of the stepped images; they are stepped one
+        batch at a time and not kept."""
         if eps not in self._fgsm:
             data, size = self.data, self.data.chunk_size
             y = data.y.astype(np.int32)
             radius = tf.constant(eps, tf.float32)
-            parts = [
-                self._fgsm_step(data.x[i : i + size], y[i : i + size], radius)
-                for i in range(0, len(y), size)
-            ]
-            x_adv = np.concatenate([part.numpy() for part in parts])
-            logits = data.classifier.predict_logits(x_adv, size)
-            self._fgsm[eps] = AttackOutput(x_adv, logits, np.ones(len(y), np.int64))
+            logits, inside = [], []
+            for begin in range(0, len(y), size):
+                x = data.x[begin : begin + size]
+                x_adv = self._fgsm_step(x, y[begin : begin + size], radius).numpy()
+                logits.append(data.classifier.predict_logits(x_adv, size))
+                inside.append(within_ball(self.norm_name, eps, x_adv, x, data.classifier.bounds))
+            self._fgsm[eps] = SingleStep(np.concatenate(logits), np.concatenate(inside))
             self._report("single_step", eps)(len(y), len(y))
         return self._fgsm[eps]
 
