@@ -7,7 +7,10 @@ the model (the last ``--validation`` of them are held back for robust early stop
 Recipe (defaults): a small CNN, a few cheap epochs of the fast method (FGSM with random start)
 while eps ramps up to 0.3, then TRADES (β = 6) with a PGD-k inner maximisation, Adam under a
 one-cycle learning rate, random 2-pixel shifts, and the weights of the best robust validation
-epoch kept at the end. Writes ``examples/mnist_robust.keras`` (never over an existing file
+epoch kept at the end. Options: ``--n-fgsm`` warms up with N-FGSM instead of FGSM-RS,
+``--grad-align``, ``--awp`` and ``--ema`` add GradAlign, adversarial weight perturbation and
+weight averaging to the main phase, ``--method mart`` trains MART, ``--deterministic`` turns on
+op determinism. Writes ``examples/mnist_robust.keras`` (never over an existing file
 unless ``--overwrite``) and a JSON history next to it.
 
 Run from the repository root: ``python examples/train_robust_mnist.py`` (about 15 minutes on
@@ -28,7 +31,14 @@ import tensorflow as tf
 
 from robustkit.attacks import PGD
 from robustkit.io import from_uint8, load_mnist
-from robustkit.training import AdversarialTrainer, PiecewiseLinear, ProgressLogger, eps_ramp
+from robustkit.training import (
+    METHODS,
+    NFGSM,
+    AdversarialTrainer,
+    PiecewiseLinear,
+    ProgressLogger,
+    eps_ramp,
+)
 
 HERE = Path(__file__).resolve().parent
 TRAIN_COUNT = 8000  # digits 0..7999 train; 8000..9999 are held out
@@ -93,10 +103,15 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32, help="channels of the first conv")
     parser.add_argument("--fast-epochs", type=int, default=4, help="fast-method warm-up epochs")
     parser.add_argument("--epochs", type=int, default=18, help="TRADES (or --method) epochs")
-    parser.add_argument("--method", default="trades", choices=["pgd", "trades", "fast", "mixed"])
+    parser.add_argument("--method", default="trades", choices=list(METHODS))
     parser.add_argument("--steps", type=int, default=10, help="PGD steps in training")
     parser.add_argument("--step-size", type=float, default=0.04)
     parser.add_argument("--beta", type=float, default=6.0)
+    parser.add_argument("--n-fgsm", action="store_true", help="warm up with N-FGSM, not FGSM-RS")
+    parser.add_argument("--grad-align", type=float, default=0.0, help="GradAlign's λ (0: off)")
+    parser.add_argument("--awp", type=float, default=None, help="AWP radius gamma, e.g. 5e-3")
+    parser.add_argument("--ema", type=float, default=None, help="EMA momentum, e.g. 0.999")
+    parser.add_argument("--deterministic", action="store_true", help="op determinism on")
     parser.add_argument("--train-eps", type=float, default=EPS)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (Adam)")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -118,7 +133,8 @@ def main() -> None:
     model = build_model(args.width)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     total_steps = (args.fast_epochs + args.epochs) * steps_per_epoch
-    optimizer = keras.optimizers.Adam(one_cycle(args.lr, total_steps))
+    averaging = {"use_ema": True, "ema_momentum": args.ema} if args.ema is not None else {}
+    optimizer = keras.optimizers.Adam(one_cycle(args.lr, total_steps), **averaging)
     validation_attack = PGD("linf", EPS, steps=20, step_size=0.03, seed=args.seed)
     progress = [ProgressLogger(every=0)]
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -129,12 +145,14 @@ def main() -> None:
             optimizer,
             PGD("linf", args.train_eps),
             method="fast",
+            n_fgsm=NFGSM() if args.n_fgsm else None,
             eps_schedule=eps_ramp(args.train_eps, args.fast_epochs, start=0.1),
             # The warm-up only gives TRADES a start; at eps 0.3 FGSM-RS soon overfits (the
             # guard records it in the history) and the TRADES epochs repair that.
             overfit_guard="monitor",
             validation_attack=validation_attack,
             restore_best=False,
+            deterministic=args.deterministic,
             seed=args.seed,
         )
         histories.append(
@@ -146,6 +164,10 @@ def main() -> None:
         PGD("linf", args.train_eps, steps=args.steps, step_size=args.step_size),
         method=args.method,
         beta=args.beta,
+        grad_align=args.grad_align,
+        awp=args.awp,
+        ema_weights=args.ema is not None,
+        deterministic=args.deterministic,
         validation_attack=validation_attack,
         seed=args.seed + 1,
     )
