@@ -42,6 +42,9 @@ class NFGSM:
         noise: k, the noise's radius in units of eps: η is uniform in the ball of radius
             k·eps (for Linf, each pixel U[-k·eps, k·eps]); 2 in the paper.
         step: α / eps, the size of the signed gradient step in units of eps; 1 in the paper.
+
+    N-FGSM's points leave the eps-ball, so the overfitting guard's "training attack" stays
+    FGSM-RS in the ball.
     """
 
     noise: float = 2.0
