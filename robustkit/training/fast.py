@@ -4,7 +4,9 @@ N-FGSM (de Jorge et al. 2022) replaces FGSM-RS's inner maximisation: larger nois
 projection back to the eps-ball. GradAlign (Andriushchenko & Flammarion 2020) adds a
 regulariser that keeps the input gradients at the clean point and at a random point of the
 ball aligned; its cosine is :func:`robustkit.gradients.input_gradient_alignment`, and this
-module draws the random point.
+module draws the random point. The regulariser is differentiated through both input gradients
+(its exact weight gradient; the authors' code detaches the clean one), and an example whose
+gradient is exactly zero counts as aligned (the authors' code leaves it out of the mean).
 
 Random draws come from :mod:`robustkit.seeding` on the step's per-example keys, each cure on a
 stream of its own.
