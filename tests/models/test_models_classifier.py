@@ -2,6 +2,8 @@
 application's own ``preprocess_input``, a softmax head gives back its exact logits, and the
 structures robustkit must see into (nested base, subclassed model) are what the tests think."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -9,7 +11,8 @@ import tensorflow as tf
 from zoo_helpers import CAFFE_MEAN_RGB, CLASSES, ZOO, photos
 
 from robustkit.errors import InputError
-from robustkit.models import Classifier
+from robustkit.gradients import input_gradients
+from robustkit.models import Classifier, Preprocessing
 
 
 def model_input(classifier: Classifier, x: np.ndarray) -> np.ndarray:
@@ -74,6 +77,42 @@ def test_a_softmax_head_gives_back_its_exact_logits(zoo) -> None:
         tf.nn.softmax(logits).numpy(), model(inputs).numpy(), rtol=1e-5, atol=1e-6
     )
     assert len(np.unique(logits.argmax(axis=1))) > 1  # calibrated: not one class for all
+
+
+def test_a_softmax_application_wrapped_in_a_sequential_gives_back_its_logits() -> None:
+    """keras.Sequential([Rescaling, MobileNetV2 with its softmax top]): the nested head is
+    unwrapped (no log-probabilities), and logits and input gradients are those of the same
+    weights with a logits top."""
+    keras.utils.set_random_seed(6)
+
+    def wrapped(activation: str | None) -> keras.Model:
+        application = keras.applications.MobileNetV2(
+            weights=None,
+            alpha=0.35,
+            classes=CLASSES,
+            input_shape=(32, 32, 3),
+            classifier_activation=activation,
+        )
+        rescaling = keras.layers.Rescaling(1 / 127.5, offset=-1)
+        return keras.Sequential([keras.Input((32, 32, 3)), rescaling, application])
+
+    softmax, twin = wrapped("softmax"), wrapped(None)
+    twin.set_weights(softmax.get_weights())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RobustkitWarning about log-probabilities
+        classifier = Classifier(softmax, preprocessing=Preprocessing(scale=255))
+    nested = softmax.layers[-1].name
+    assert classifier.logits_source == (
+        f"pre-softmax output of Dense layer 'predictions' in nested model {nested!r}"
+    )
+    reference = Classifier(twin, preprocessing=Preprocessing(scale=255))
+    x, y = tf.constant(photos(32)[:2]), tf.constant([0, 1])
+    np.testing.assert_allclose(classifier.logits(x), reference.logits(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        tf.nn.softmax(classifier.logits(x)), softmax(x * 255), rtol=1e-5, atol=1e-6
+    )
+    ours, theirs = (input_gradients(c, x, y).gradient.numpy() for c in (classifier, reference))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6 * np.abs(theirs).max())
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_b0", "convnext_tiny", "fine_tuned"])
