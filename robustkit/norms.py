@@ -76,6 +76,14 @@ class Norm:
         """A delta of ``shape`` [N, ...] drawn uniformly from the ball. ``seed`` is an int32 [2]
         seed or per-example keys [N, 2] (:mod:`robustkit.seeding`): row i depends on its key
         alone."""
+        shape = tf.convert_to_tensor(shape, tf.int32)
+        keys = seeding.as_keys(seed, shape[0])
+        return self._uniform_in_ball(keys, shape[1:], self.radius(eps))
+
+    def _uniform_in_ball(
+        self, keys: tf.Tensor, example_shape: tf.Tensor, eps: float | tf.Tensor
+    ) -> tf.Tensor:
+        """[N, *example_shape] uniform in the ball of radius eps, row i drawn from keys[i]."""
         raise NotImplementedError
 
     def step_direction(self, gradient: tf.Tensor) -> tf.Tensor:
@@ -108,16 +116,10 @@ class Linf(Norm):
         eps = self.radius(eps)
         return tf.clip_by_value(delta, -eps, eps)
 
-    def random_start(
-        self,
-        shape: tf.TensorShape | tf.Tensor,
-        seed: tf.Tensor,
-        eps: float | tf.Tensor | None = None,
+    def _uniform_in_ball(
+        self, keys: tf.Tensor, example_shape: tf.Tensor, eps: float | tf.Tensor
     ) -> tf.Tensor:
-        shape = tf.convert_to_tensor(shape, tf.int32)
-        keys = seeding.as_keys(seed, shape[0])
-        eps = self.radius(eps)
-        return seeding.uniform(keys, shape[1:], -1.0, 1.0) * eps
+        return seeding.uniform(keys, example_shape, -1.0, 1.0) * eps
 
     def step_direction(self, gradient: tf.Tensor) -> tf.Tensor:
         return tf.sign(gradient)
@@ -142,18 +144,13 @@ class L2(Norm):
         factor = tf.minimum(1.0, self.radius(eps) / tf.maximum(norms, _TINY))
         return delta * _broadcast(factor, delta)
 
-    def random_start(
-        self,
-        shape: tf.TensorShape | tf.Tensor,
-        seed: tf.Tensor,
-        eps: float | tf.Tensor | None = None,
+    def _uniform_in_ball(
+        self, keys: tf.Tensor, example_shape: tf.Tensor, eps: float | tf.Tensor
     ) -> tf.Tensor:
-        shape = tf.convert_to_tensor(shape, tf.int32)
-        keys = seeding.as_keys(seed, shape[0])
-        direction = self.step_direction(seeding.normal(seeding.fold_in(keys, 1), shape[1:]))
-        dimension = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
+        direction = self.step_direction(seeding.normal(seeding.fold_in(keys, 1), example_shape))
+        dimension = tf.cast(tf.reduce_prod(example_shape), tf.float32)
         uniform = seeding.uniform(seeding.fold_in(keys, 2), [])
-        radius = self.radius(eps) * uniform ** (1.0 / dimension)  # uniform in volume
+        radius = eps * uniform ** (1.0 / dimension)  # uniform in volume
         return direction * _broadcast(radius, direction)
 
     def step_direction(self, gradient: tf.Tensor) -> tf.Tensor:
