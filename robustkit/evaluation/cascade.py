@@ -322,7 +322,7 @@ def verify(
     candidates = inside & (logits.argmax(axis=1) != y)
     decided = logits.copy()
     if candidates.any():
-        decided[candidates] = classifier.predict_logits(x_adv[candidates], executor.chunk_size)
+        decided[candidates] = classifier.predict_logits(x_adv[candidates], executor.batch_size)
     hit = candidates & (decided.argmax(axis=1) != y)
     return hit, decided
 

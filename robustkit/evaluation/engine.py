@@ -48,21 +48,21 @@ def keys_for(seed: int, stream: int, example_ids: np.ndarray) -> np.ndarray:
 
 
 class Executor:
-    """Runs attacks for one classifier in compiled chunks of ``chunk_size`` examples.
+    """Runs attacks for one classifier in compiled batches of ``batch_size`` examples.
 
     Args:
         classifier: the model under attack.
         strategy: a ``tf.distribute`` strategy whose replicas each take one chunk at a time, or
             None for the default device.
-        chunk_size: examples per chunk (per replica under a strategy).
+        batch_size: examples per compiled batch (per replica under a strategy).
     """
 
-    def __init__(self, classifier: Classifier, strategy: Any = None, chunk_size: int = 256):
-        if int(chunk_size) < 1:
-            raise InputError(f"batch_size must be >= 1, got {chunk_size!r}.")
+    def __init__(self, classifier: Classifier, strategy: Any = None, batch_size: int = 256):
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size!r}.")
         self.classifier = classifier
         self.strategy = strategy
-        self.chunk_size = int(chunk_size)
+        self.batch_size = int(batch_size)
         self.replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
         self.multi_worker = cluster.is_multi_worker(strategy)
 
@@ -88,20 +88,20 @@ class Executor:
         radius = np.float32(eps)
         chunks = [
             (
-                x[begin : begin + self.chunk_size],
-                labels[begin : begin + self.chunk_size].astype(np.int32),
-                targets[begin : begin + self.chunk_size],
-                keys[begin : begin + self.chunk_size],
+                x[begin : begin + self.batch_size],
+                labels[begin : begin + self.batch_size].astype(np.int32),
+                targets[begin : begin + self.batch_size],
+                keys[begin : begin + self.batch_size],
                 radius,
             )
-            for begin in range(0, m, self.chunk_size)
+            for begin in range(0, m, self.batch_size)
         ]
         outputs: list[tuple[np.ndarray, ...]] = []
         for first in range(0, len(chunks), self.replicas):
             group = chunks[first : first + self.replicas]
             outputs.extend(self._run_group(function, group))
             if progress is not None:
-                progress(min((first + len(group)) * self.chunk_size, m), m)
+                progress(min((first + len(group)) * self.batch_size, m), m)
         if not outputs:
             classes = self.classifier.num_classes
             return AttackOutput(

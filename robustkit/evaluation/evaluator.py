@@ -20,6 +20,7 @@ import tensorflow as tf
 
 import robustkit
 from robustkit.errors import InputError
+from robustkit.evaluation.cascade import PER_EXAMPLE
 from robustkit.evaluation.checkpoint import EvaluationCheckpoint
 from robustkit.evaluation.checks import (
     CheckAttacker,
@@ -40,7 +41,7 @@ from robustkit.evaluation.sources import (
     image_array,
 )
 from robustkit.evaluation.suites import resolve_suite
-from robustkit.models import Classifier, weights_digest
+from robustkit.models import Classifier, check_classifier, weights_digest
 from robustkit.norms import NORMS, Norm, make_norm
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def _chunk_size(chunk_size: int | None, source: ExampleSource, executor: Executo
     if chunk_size is None:
         if isinstance(source, ArraySource):
             return len(source)
-        return STREAM_CHUNK_BATCHES * executor.chunk_size * executor.replicas
+        return STREAM_CHUNK_BATCHES * executor.batch_size * executor.replicas
     if int(chunk_size) < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size!r}.")
     return int(chunk_size)
@@ -225,8 +226,7 @@ def evaluate(
             evaluation's checkpoint is refused. The caller removes it when done.
     """
     started = time.perf_counter()
-    if not isinstance(classifier, Classifier):
-        raise InputError("Pass a robustkit Classifier: wrap your model as Classifier(model).")
+    check_classifier(classifier)
     if int(check_samples) < 1:
         raise InputError(f"check_samples must be >= 1, got {check_samples!r}.")
     if int(seed) < 0:
@@ -257,7 +257,7 @@ def evaluate(
             "cascade": cascade,
             "seed": int(seed),
             "chunk_size": chunk,
-            "batch_size": executor.chunk_size,
+            "batch_size": executor.batch_size,
             "replicas": executor.replicas,
             "return_images": return_images,
         }
@@ -299,18 +299,7 @@ def evaluate(
     records = ExampleRecords(
         labels=y,
         clean_pred=clean_pred,
-        **{
-            name: np.stack([getattr(result, name) for result in results])
-            for name in (
-                "robust",
-                "broken_by",
-                "adversarial_pred",
-                "adversarial_margin",
-                "linf",
-                "l2",
-                "evaluations",
-            )
-        },
+        **{name: np.stack([getattr(result, name) for result in results]) for name in PER_EXAMPLE},
         attacked=np.stack([result.attacked for result in results], axis=1),
         broken=np.stack([result.broken for result in results], axis=1),
     )
@@ -322,7 +311,7 @@ def evaluate(
     rng = np.random.default_rng(seed)
     subsample = np.sort(rng.choice(n, size=min(int(check_samples), n), replace=False))
     images = image_array(source)
-    data = CheckData(classifier, images, y, clean_logits, subsample, executor.chunk_size)
+    data = CheckData(classifier, images, y, clean_logits, subsample, executor.batch_size)
     suite_run = SuiteRun(
         specs=specs,
         attacks=[attack for _, attack in attacks],
@@ -372,7 +361,7 @@ def evaluate(
             "checks": checks_seconds,
         },
         settings={
-            "batch_size": executor.chunk_size,
+            "batch_size": executor.batch_size,
             "check_samples": len(subsample),
             "checks": check_names,
         },

@@ -96,7 +96,7 @@ def run_main_pass(
         chunk = _Chunk(source, indices, None if saved is None else saved[1])
         if saved is None:
             started = time.perf_counter()
-            logits = classifier.predict_logits(chunk.images, executor.chunk_size)
+            logits = classifier.predict_logits(chunk.images, executor.batch_size)
             clean_seconds += time.perf_counter() - started
             if checkpoint is not None:
                 checkpoint.save_clean(c, logits, digest(chunk.images))

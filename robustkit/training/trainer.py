@@ -204,7 +204,7 @@ class AdversarialTrainer:
         numbers, whatever ``batch_size`` (examples per compiled chunk).
         """
         validator = self.validator
-        if attack is not None or batch_size != validator.executor.chunk_size:
+        if attack is not None or batch_size != validator.executor.batch_size:
             validator = Validator(
                 self.classifier,
                 self.validation_attack if attack is None else attack,

@@ -110,7 +110,7 @@ class Validator:
         if len(x) == 0:
             raise InputError("The validation images hold no examples.")
         y = self.classifier.validate_labels(y, len(x), name="validation labels").numpy()
-        chunk = self.executor.chunk_size
+        chunk = self.executor.batch_size
         clean_logits = self.classifier.predict_logits(x, chunk)
         keys = keys_for(self.seed, MAIN_STREAM, np.arange(len(x)))
         result = run_cascade(

@@ -35,14 +35,14 @@ CheckProgress = Callable[[str, float | None, int, int], None]  # (check, eps, do
 class CheckData:
     """The evaluated examples: images x [N, H, W, C] in the classifier's bounds, true labels
     y [N], clean logits [N, K]; ``subsample`` [S] sorted indices into x of the examples the
-    extra-compute checks use; ``chunk_size`` examples per compiled forward or backward pass."""
+    extra-compute checks use; ``batch_size`` examples per compiled forward or backward pass."""
 
     classifier: Classifier
     x: np.ndarray
     y: np.ndarray
     clean_logits: np.ndarray
     subsample: np.ndarray
-    chunk_size: int
+    batch_size: int
 
     @functools.cached_property
     def correct(self) -> np.ndarray:
@@ -58,7 +58,7 @@ class CheckData:
         if len(x) == 0:
             return np.zeros((0,), np.int64)
         low, high = self.classifier.bounds
-        return self.classifier.predict_logits(np.clip(x, low, high), self.chunk_size).argmax(1)
+        return self.classifier.predict_logits(np.clip(x, low, high), self.batch_size).argmax(1)
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class CheckAttacker:
         lies inside the bounds and the eps-ball). Runs STREAM_CHUNK_BATCHES batches at a time,
         so only that many images are held, whatever m is."""
         data = self.data
-        piece = STREAM_CHUNK_BATCHES * data.chunk_size * self.executor.replicas
+        piece = STREAM_CHUNK_BATCHES * data.batch_size * self.executor.replicas
         report = self._report(name, eps)
         returned, inside = [], []
         for begin in range(0, len(idx), piece):
@@ -191,7 +191,7 @@ class CheckAttacker:
         needed). Logits are a fresh forward pass of the stepped images; they are stepped one
         batch at a time and not kept."""
         if eps not in self._fgsm:
-            data, size = self.data, self.data.chunk_size
+            data, size = self.data, self.data.batch_size
             y = data.y.astype(np.int32)
             radius = tf.constant(eps, tf.float32)
             logits, inside = [], []

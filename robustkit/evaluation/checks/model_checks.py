@@ -60,7 +60,7 @@ def measure_zero_gradients(context: CheckContext) -> GradientMeasurements:
             ]
         return tuple(sizes)
 
-    idx, size = data.subsample, data.chunk_size
+    idx, size = data.subsample, data.batch_size
     parts = [
         [
             t.numpy()
@@ -89,7 +89,7 @@ def measure_nondeterminism(context: CheckContext) -> DeterminismMeasurements:
     x = data.x[data.subsample]
     passes = [
         data.clean_logits[data.subsample],
-        data.classifier.predict_logits(x, data.chunk_size),
+        data.classifier.predict_logits(x, data.batch_size),
         data.classifier.predict_logits(x, 1),
     ]
     scale = 1.0 + float(np.max(np.abs(passes[0]))) if len(x) else 1.0
