@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from robustkit.errors import InputError, positive_int
 from robustkit.losses import LossFunction, class_logit
-from robustkit.models import Classifier
+from robustkit.models import Classifier, check_classifier
 from robustkit.saliency.attribution import Attribution
 
 PREDICTED = -1  # target code: explain the class the model predicts
@@ -85,13 +85,6 @@ def build_attribution(
         score=score,
         **extra,
     )
-
-
-def check_classifier(classifier: Any) -> Classifier:
-    """``classifier`` if it is a :class:`Classifier`, else InputError."""
-    if not isinstance(classifier, Classifier):
-        raise InputError("Pass a robustkit Classifier: wrap your model as Classifier(model).")
-    return classifier
 
 
 def resolve_targets(classifier: Classifier, target: Any, n: int) -> tf.Tensor:

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from robustkit.errors import InputError
@@ -21,13 +20,14 @@ from robustkit.models import Classifier
 from robustkit.saliency.attribution import Attribution
 from robustkit.saliency.engine import (
     DEFAULT_INTERNAL_BATCH_SIZE,
+    build_attribution,
     check_classifier,
     chunked_logits,
+    common_options,
     compiled,
     fill_predicted,
     get_objective,
     image_spec,
-    objective_name,
     prepare_inputs,
     sum_over_points,
 )
@@ -159,18 +159,8 @@ def cam_attribution(
         lambda: _cam_function(classifier, chosen, get_objective(objective), rule),
     )
     logits, targets, score, maps = (r.numpy() for r in function(x, targets, chunk))
-    return Attribution(
-        maps=maps,
-        target=targets.astype(np.int64),
-        predicted=np.argmax(logits, axis=-1),
-        method=method,
-        options={
-            "layer": chosen.name,
-            "objective": objective_name(objective),
-            "internal_batch_size": int(chunk),
-        },
-        score=score,
-    )
+    options = {"layer": chosen.name, **common_options(objective, chunk)}
+    return build_attribution(method, maps, logits, targets, score, options)
 
 
 def grad_cam(

@@ -105,12 +105,18 @@ def rise_masks(
     return tf.gather(cropped, columns, axis=2, batch_dims=1)
 
 
+def present_features(counts: tf.Tensor, max_count: tf.Tensor) -> tf.Tensor:
+    """bool [B, max_count]: which of the ``max_count`` feature slots are among each key's first
+    ``counts`` [B] features (images with fewer features than the widest leave the rest off)."""
+    return tf.range(max_count)[None, :] < counts[:, None]
+
+
 def random_subsets(
     keys: tf.Tensor, counts: tf.Tensor, sizes: tf.Tensor, max_count: tf.Tensor
 ) -> tf.Tensor:
     """bool [B, max_count]: for each key, exactly ``sizes`` [B] of its first ``counts`` [B]
     features, chosen uniformly without replacement."""
-    valid = tf.range(max_count)[None, :] < counts[:, None]
+    valid = present_features(counts, max_count)
     draws = tf.where(valid, seeding.uniform(keys, tf.reshape(max_count, (1,))), 2.0)
     ranks = tf.argsort(tf.argsort(draws, axis=1, stable=True), axis=1, stable=True)
     return ranks < sizes[:, None]
@@ -141,7 +147,7 @@ def shapley_coalitions(
     chosen = tf.searchsorted(cumulative, draw, side="right")[:, 0]
     size = tf.minimum(chosen, counts - 2) + 1
     subset = random_subsets(seeding.fold_in(keys, 2), counts, size, max_count)
-    valid = tf.range(max_count)[None, :] < counts[:, None]
+    valid = present_features(counts, max_count)
     complement = (sample_index % 2 == 1)[:, None]
     return tf.where(complement, tf.logical_and(valid, tf.logical_not(subset)), subset)
 
@@ -157,5 +163,5 @@ def lime_coalitions(
     """LIME coalitions bool [B, max_count]: each of an image's ``counts`` [B] features is on
     with probability 1/2, independently (as ``lime_image`` samples)."""
     keys = point_keys(seed, first_index, image_index, sample_index)
-    valid = tf.range(max_count)[None, :] < counts[:, None]
+    valid = present_features(counts, max_count)
     return tf.logical_and(valid, seeding.uniform(keys, tf.reshape(max_count, (1,))) < 0.5)

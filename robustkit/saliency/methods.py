@@ -300,14 +300,7 @@ def smoothgrad(
         "first_index": int(first_index),
         **common_options(objective, chunk),
     }
-    return Attribution(
-        maps=maps.astype(np.float32),
-        target=targets.astype(np.int64),
-        predicted=np.argmax(logits, axis=-1),
-        method="smoothgrad",
-        options=options,
-        score=score,
-    )
+    return build_attribution("smoothgrad", maps, logits, targets, score, options)
 
 
 def integrated_gradients(
@@ -359,13 +352,13 @@ def integrated_gradients(
         **({"seed": int(seed), "first_index": int(first_index)} if kind == "uniform" else {}),
         **common_options(objective, chunk),
     }
-    return Attribution(
-        maps=maps,
-        target=targets.astype(np.int64),
-        predicted=np.argmax(logits, axis=-1),
-        method="integrated_gradients",
-        options=options,
-        score=score,
+    return build_attribution(
+        "integrated_gradients",
+        maps,
+        logits,
+        targets,
+        score,
+        options,
         baseline_score=baseline_score,
         delta=totals - (score.astype(np.float64) - baseline_score),
     )
