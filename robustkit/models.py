@@ -308,6 +308,13 @@ class Classifier:
         return tf.convert_to_tensor(labels, dtype=tf.int32)
 
 
+def check_classifier(classifier: Any) -> Classifier:
+    """``classifier`` if it is a :class:`Classifier`, else InputError."""
+    if not isinstance(classifier, Classifier):
+        raise InputError("Pass a robustkit Classifier: wrap your model as Classifier(model).")
+    return classifier
+
+
 def load_classifier(
     path: str | os.PathLike[str],
     *,

@@ -28,7 +28,7 @@ from robustkit import seeding
 from robustkit.attacks.result import AttackResult
 from robustkit.attacks.search import AttackTensors, SearchState, is_success, keep_best
 from robustkit.errors import InputError
-from robustkit.models import Classifier
+from robustkit.models import Classifier, check_classifier
 from robustkit.norms import Norm, l2_distance, linf_distance, make_norm
 
 TARGET_MODES = ("least-likely", "random")
@@ -250,8 +250,7 @@ class Attack:
                 from the key of (seed, first_index + i), so streamed parts of a data set give
                 the same bytes as one call, whatever the batch size.
         """
-        if not isinstance(classifier, Classifier):
-            raise InputError("Pass a robustkit Classifier: wrap your model as Classifier(model).")
+        check_classifier(classifier)
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size!r}.")
         if int(first_index) < 0:
