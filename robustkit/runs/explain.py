@@ -21,6 +21,7 @@ from robustkit.runs.explain_options import (
     resolve_methods,
     route_options,
 )
+from robustkit.runs.explain_summary import finite_mean, method_figures
 from robustkit.runs.folder import REPORT_JSON, FolderReport, FolderRun, Progress, Row, RunInputs
 from robustkit.runs.html import REPORT_HTML, saliency_page
 from robustkit.runs.options import (
@@ -47,27 +48,6 @@ TARGET_MODES = ("predicted", "label")
 def _item(values: np.ndarray | None, index: int) -> float | None:
     """values[index] as a float, None when there are no values."""
     return None if values is None else float(values[index])
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    """Mean of the finite values (None and NaN left out); None when there are none."""
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
-
-
-def _completeness(entries: list[dict[str, Any]]) -> dict[str, float] | None:
-    """IG completeness over one method's entries: mean and max |delta|, max relative to
-    |f(x) - f(baseline)|; None for a method without deltas."""
-    with_delta = [e for e in entries if e.get("delta") is not None]
-    if not with_delta:
-        return None
-    deltas = np.abs([e["delta"] for e in with_delta])
-    gaps = np.abs([e["score"] - e["baseline_score"] for e in with_delta])
-    return {
-        "mean_abs_delta": float(np.mean(deltas)),
-        "max_abs_delta": float(np.max(deltas)),
-        "max_relative_delta": float(np.max(deltas / np.maximum(gaps, 1e-12))),
-    }
 
 
 class ExplainRun(FolderRun):
@@ -278,27 +258,16 @@ class ExplainRun(FolderRun):
             "render": dataclasses.asdict(self.render),
         }
         for method in self.methods:
-            entries = [row["methods"][method] for row in explained]
-            figures: dict[str, Any] = {
-                "options": self.attribution_options.get(method, self.options[method])
-            }
-            completeness = _completeness(entries)
-            if completeness:
-                figures["ig_completeness"] = completeness
-            if self.metrics:
-                names = entries[0]["metrics"] if entries else {}
-                figures["metrics"] = {
-                    name: _mean([e["metrics"][name] for e in entries]) for name in names
-                }
-            if self.under_attack is not None:
-                figures["shift"] = {
-                    key: _mean([e[key] for e in entries]) for key in ("spearman", "top_k_overlap")
-                }
-            summary["methods"][method] = figures
+            summary["methods"][method] = method_figures(
+                [row["methods"][method] for row in explained],
+                self.attribution_options.get(method, self.options[method]),
+                metrics=bool(self.metrics),
+                under_attack=self.under_attack is not None,
+            )
         if self.under_attack is not None:
             summary["under_attack"] = {
                 **self.under_attack.settings(),
-                "attack_success_rate": _mean([float(r["attack_success"]) for r in explained]),
+                "attack_success_rate": finite_mean([float(r["attack_success"]) for r in explained]),
             }
         if len(self.methods) == 1:  # one method: its figures also at the top, as before
             summary["method"] = self.methods[0]
