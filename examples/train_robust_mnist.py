@@ -11,7 +11,13 @@ epoch kept at the end. Options: ``--n-fgsm`` warms up with N-FGSM instead of FGS
 ``--grad-align``, ``--awp`` and ``--ema`` add GradAlign, adversarial weight perturbation and
 weight averaging to the main phase, ``--method mart`` trains MART, ``--deterministic`` turns on
 op determinism. Writes ``examples/mnist_robust.keras`` (never over an existing file
-unless ``--overwrite``) and a JSON history next to it.
+unless ``--overwrite``) and, just before it, a JSON history next to it; each is written to a
+temporary file and renamed, so a killed run never leaves half a file under its name.
+
+``--checkpoint-dir DIR`` checkpoints every epoch (each phase in its own subfolder) and
+``--resume`` continues a killed run from there: rerunning the same command gives the same
+weights and history as an uninterrupted run (the batches of each epoch depend only on the seed
+and the epoch). ``--train-count`` and ``--held-out`` use fewer digits, for quick trials.
 
 Run from the repository root: ``python examples/train_robust_mnist.py`` (about 15 minutes on
 two CPU cores), then ``python benchmarks/bench_training.py robust`` for the strong evaluation.
@@ -22,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -31,6 +39,7 @@ import tensorflow as tf
 
 from robustkit.attacks import PGD
 from robustkit.io import from_uint8, load_mnist
+from robustkit.io.files import TEMP_SUFFIX, atomic_write
 from robustkit.training import (
     METHODS,
     NFGSM,
@@ -75,18 +84,43 @@ def mnist_split(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 def shifted_batches(
     x: np.ndarray, y: np.ndarray, batch_size: int, shift: int, seed: int
-) -> tf.data.Dataset:
-    """Shuffled batches of digits moved by up to ``shift`` pixels each way (zero fill)."""
-    dataset = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
-    dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    if shift:
+) -> Callable[[int], tf.data.Dataset]:
+    """epoch -> shuffled batches of digits moved by up to ``shift`` pixels each way (zero fill).
 
-        def move(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    The order and the shifts of an epoch are drawn from ``(seed, epoch)`` alone, so a resumed
+    run trains on the same batches as an uninterrupted one (the trainer calls this per epoch).
+    """
+    labels = y.astype(np.int32)
+    size = x.shape[1:3]
+
+    def epoch_batches(epoch: int) -> tf.data.Dataset:
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(x))
+        offsets = rng.integers(0, 2 * shift + 1, (len(x), 2)).astype(np.int32)
+        dataset = tf.data.Dataset.from_tensor_slices((x[order], labels[order], offsets))
+
+        def move(image: tf.Tensor, label: tf.Tensor, at: tf.Tensor) -> tuple[tf.Tensor, ...]:
             padded = tf.pad(image, [[shift, shift], [shift, shift], [0, 0]])
-            return tf.image.random_crop(padded, tf.shape(image), seed=seed), label
+            return tf.image.crop_to_bounding_box(padded, at[0], at[1], *size), label
 
         dataset = dataset.map(move, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    return epoch_batches
+
+
+def write_outputs(model: keras.Model, report: dict, out: Path) -> None:
+    """The JSON report, then the model: each to a temporary file renamed in one step (after
+    removing the temporary files of a killed run), so a present model is a finished run."""
+    for stale in out.parent.glob(f".{out.stem}.*{TEMP_SUFFIX}"):
+        stale.unlink()
+    with atomic_write(out.with_suffix(".json"), "w") as stream:
+        stream.write(json.dumps(report, indent=1, default=str))
+    with tempfile.TemporaryDirectory() as scratch:  # Keras wants a path ending in .keras
+        staged = Path(scratch) / out.name
+        model.save(staged)
+        with atomic_write(out) as stream:
+            stream.write(staged.read_bytes())
 
 
 def one_cycle(peak: float, total_steps: int, warm: float = 0.4) -> PiecewiseLinear:
@@ -118,6 +152,10 @@ def main() -> None:
     parser.add_argument("--shift", type=int, default=2, help="random shift in pixels")
     parser.add_argument("--validation", type=int, default=500, help="digits for early stopping")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-count", type=int, default=TRAIN_COUNT, help="digits 0..N-1")
+    parser.add_argument("--held-out", type=int, default=10000 - TRAIN_COUNT, help="digits tested")
+    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint every epoch here")
+    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -125,7 +163,9 @@ def main() -> None:
         sys.exit(f"{out} exists; pass --overwrite or choose another --out.")
     keras.utils.set_random_seed(args.seed)
     x_all, y_all, x_held, y_held = mnist_split(args.mnist)
-    cut = TRAIN_COUNT - args.validation
+    x_all, y_all = x_all[: args.train_count], y_all[: args.train_count]
+    x_held, y_held = x_held[: args.held_out], y_held[: args.held_out]
+    cut = len(x_all) - args.validation
     x_train, y_train = x_all[:cut], y_all[:cut]
     validation = (x_all[cut:], y_all[cut:]) if args.validation else None
     train = shifted_batches(x_train, y_train, args.batch_size, args.shift, args.seed)
@@ -138,6 +178,15 @@ def main() -> None:
     validation_attack = PGD("linf", EPS, steps=20, step_size=0.03, seed=args.seed)
     progress = [ProgressLogger(every=0)]
     started, cpu_started = time.perf_counter(), time.process_time()
+    checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+    if args.resume and checkpoints is None:
+        sys.exit("--resume needs the --checkpoint-dir of the interrupted run.")
+
+    def saving(phase: str) -> dict:
+        if checkpoints is None:
+            return {}
+        return {"checkpoint_dir": str(checkpoints / phase), "resume": args.resume}
+
     histories = []
     if args.fast_epochs:
         warm_up = AdversarialTrainer(
@@ -156,7 +205,11 @@ def main() -> None:
             seed=args.seed,
         )
         histories.append(
-            json.loads(warm_up.fit(train, args.fast_epochs, callbacks=progress).to_json())
+            json.loads(
+                warm_up.fit(
+                    train, args.fast_epochs, callbacks=progress, **saving("warm-up")
+                ).to_json()
+            )
         )
     trainer = AdversarialTrainer(
         model,
@@ -171,7 +224,9 @@ def main() -> None:
         validation_attack=validation_attack,
         seed=args.seed + 1,
     )
-    history = trainer.fit(train, args.epochs, validation=validation, callbacks=progress)
+    history = trainer.fit(
+        train, args.epochs, validation=validation, callbacks=progress, **saving(args.method)
+    )
     histories.append(json.loads(history.to_json()))
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started  # all threads; robust to machine load
@@ -182,7 +237,6 @@ def main() -> None:
         f"{held['clean_accuracy']:.4f}, PGD-20 robust {held['adv_accuracy']:.4f} "
         f"(best epoch {history.best_epoch})"
     )
-    model.save(out)
     report = {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
@@ -190,7 +244,7 @@ def main() -> None:
         "args": vars(args),
         "phases": histories,
     }
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+    write_outputs(model, report, out)
     print(f"saved {out}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,11 @@ class Batches:
             [N]) or a ``tf.data.Dataset`` yielding ``(x, y)`` batches. Arrays are batched here
             (``batch_size`` is the global batch) and, with ``shuffle``, reordered each epoch by a
             permutation that depends only on ``(seed, epoch)``, so a resumed run sees the same
-            order. A dataset is used as it is, every epoch.
+            order. A dataset is used as it is, every epoch (a shuffling one reshuffles afresh in
+            each process, so a resumed run's order differs). A function ``epoch -> Dataset``
+            gives each epoch its own batches: built from the epoch alone (e.g. a permutation
+            seeded by ``(seed, epoch)``), a resumed run sees exactly the uninterrupted run's
+            batches; epoch 0's dataset gives :meth:`first`.
     """
 
     def __init__(
@@ -39,14 +44,24 @@ class Batches:
         self.seed = int(seed)
         self.name = name
         self._dataset: tf.data.Dataset | None = None
+        self._per_epoch: Callable[[int], tf.data.Dataset] | None = None
+        if callable(data) and not isinstance(data, tf.data.Dataset):
+            per_epoch = data
+            self._per_epoch = lambda epoch: _checked_dataset(per_epoch(epoch), classifier, name)
+            data = per_epoch(0)
+            if not isinstance(data, tf.data.Dataset):
+                raise InputError(
+                    f"{name}: a function of the epoch must return a tf.data.Dataset of (x, y) "
+                    f"batches, got {type(data).__name__} for epoch 0."
+                )
         if isinstance(data, tf.data.Dataset):
             self._dataset = _checked_dataset(data, classifier, name)
             self.x = self.y = None
             return
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
             raise InputError(
-                f"{name} must be a tuple (x, y) of arrays or a tf.data.Dataset of (x, y) "
-                f"batches, got {type(data).__name__}."
+                f"{name} must be a tuple (x, y) of arrays, a tf.data.Dataset of (x, y) "
+                f"batches or a function epoch -> such a dataset, got {type(data).__name__}."
             )
         x = classifier.validate_images(data[0], name=f"{name} images")
         self.x = x.numpy()
@@ -64,6 +79,8 @@ class Batches:
 
     def epoch(self, epoch: int) -> tf.data.Dataset:
         """The dataset of (x float32 [B, H, W, C], y int32 [B]) batches for ``epoch``."""
+        if self._per_epoch is not None:
+            return self._per_epoch(int(epoch))
         if self._dataset is not None:
             return self._dataset
         order = np.arange(len(self.x))

@@ -233,8 +233,10 @@ class AdversarialTrainer:
         """Train until ``epochs`` epochs have run in all (counting those of a resumed run).
 
         Args:
-            train: ``(x, y)`` NumPy arrays (x float [N, H, W, C] in bounds, y int [N]) or a
-                ``tf.data.Dataset`` of ``(x, y)`` batches (global batches under a strategy).
+            train: ``(x, y)`` NumPy arrays (x float [N, H, W, C] in bounds, y int [N]), a
+                ``tf.data.Dataset`` of ``(x, y)`` batches (global batches under a strategy), or
+                a function ``epoch -> Dataset`` (the batches of that epoch: a resumed run gets
+                the same ones, where a reshuffling dataset starts its shuffles over).
             validation: the same forms; enables robust early stopping and ``val_*`` metrics.
             batch_size: global batch size for arrays (split across replicas by a strategy).
             shuffle: reorder arrays each epoch (by a permutation fixed by seed and epoch).

@@ -1,4 +1,6 @@
-"""Run ``robustkit ARGS...`` and SIGKILL it at an exact point: ``python kill_at.py POINT N ARGS``.
+"""Run ``robustkit ARGS...`` and SIGKILL it at an exact point: ``python kill_at.py POINT N ARGS``;
+``python kill_at.py POINT N --script FILE.py ARGS`` runs a Python script instead (as ``__main__``,
+with ARGS as its command line), e.g. examples/train_robust_mnist.py.
 
 POINT says where the process kills itself, at the N-th time (1-based) it gets there:
 
@@ -6,7 +8,11 @@ POINT says where the process kills itself, at the N-th time (1-based) it gets th
 - ``before-replace``: a temporary file is complete but not yet renamed to its final name;
 - ``after-replace``: a file was just renamed to its final name (between two writes);
 - ``journal``: half of a journal line is written (the line is cut mid-way);
-- ``pause``: a batch was just decoded; print "paused" and wait to be killed from outside.
+- ``pause``: a batch was just decoded; print "paused" and wait to be killed from outside;
+- ``train-step``: a training step just updated the weights (mid-epoch unless it was the last);
+- ``checkpoint-files``: a training checkpoint's files are written, but the ``checkpoint`` state
+  file does not name it yet (N counts the checkpoints saved);
+- ``checkpoint-saved``: a training checkpoint was just saved, state file included.
 
 The process dies by a real SIGKILL (no Python clean-up, no ``finally``), as from ``kill -9``.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import sys
 import time
@@ -22,6 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 from robustkit.io import ImageFolder, RunJournal, to_jsonable
+
+KILLED = -signal.SIGKILL  # the return code of a process this harness killed
 
 
 def die() -> None:
@@ -75,8 +84,32 @@ def cut_journal_line(count: int) -> None:
     RunJournal.append = append  # type: ignore[method-assign]
 
 
-def main() -> None:
-    point, count, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def die_before_naming_checkpoint(count: int) -> None:
+    """The ``count``-th training checkpoint dies once its files are written, before the
+    ``CheckpointManager`` records it in the ``checkpoint`` state file."""
+    import tensorflow as tf
+
+    from robustkit.training.checkpoints import TrainingCheckpoints
+
+    saves = 0
+    save, record = TrainingCheckpoints.save, tf.train.CheckpointManager._record_state
+
+    def counted_save(self: TrainingCheckpoints, epoch: int) -> str:
+        nonlocal saves
+        saves += 1
+        return save(self, epoch)
+
+    def recording(self: tf.train.CheckpointManager) -> None:
+        if saves == count:
+            die()
+        record(self)
+
+    TrainingCheckpoints.save = counted_save  # type: ignore[method-assign]
+    tf.train.CheckpointManager._record_state = recording  # type: ignore[method-assign]
+
+
+def install(point: str, count: int) -> None:
+    """Make this process die (or pause) the ``count``-th time it gets to ``point``."""
     if point in ("batch", "pause"):
         stop = pause if point == "pause" else die
         read = on_call(count, before=False, stop=stop)(ImageFolder.read_batch)
@@ -85,8 +118,28 @@ def main() -> None:
         os.replace = on_call(count, before=point == "before-replace")(os.replace)
     elif point == "journal":
         cut_journal_line(count)
+    elif point == "train-step":
+        import keras
+
+        callbacks = keras.callbacks.CallbackList
+        callbacks.on_train_batch_end = on_call(count, before=False)(callbacks.on_train_batch_end)
+    elif point == "checkpoint-files":
+        die_before_naming_checkpoint(count)
+    elif point == "checkpoint-saved":
+        from robustkit.training.checkpoints import TrainingCheckpoints
+
+        TrainingCheckpoints.save = on_call(count, before=False)(TrainingCheckpoints.save)
     else:
         raise SystemExit(f"unknown kill point {point!r}")
+
+
+def main() -> None:
+    point, count, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    install(point, count)
+    if args[:1] == ["--script"]:
+        sys.argv = args[1:]
+        runpy.run_path(args[1], run_name="__main__")
+        return
     from robustkit_cli.main import main as robustkit
 
     robustkit(args)
