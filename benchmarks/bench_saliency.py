@@ -22,6 +22,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -50,6 +51,47 @@ def peak_mib(function) -> float:
     return tf.config.experimental.get_memory_info(DEVICE)["peak"] / 2**20
 
 
+def interleaved(
+    runs: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of each run in ``repeats`` interleaved rounds.
+
+    Every run is called once first (tracing, caches), then each round calls all of them, in the
+    given order on even rounds and reversed on odd ones, so that load from other processes on
+    the machine hits all runs alike.
+    """
+    for run in runs.values():
+        run()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    for repeat in range(repeats):
+        order = list(runs) if repeat % 2 == 0 else list(runs)[::-1]
+        for name in order:
+            times[name].append(timed(runs[name]))
+    return times
+
+
+def compiled_limit(
+    classifier, batch: tf.Tensor, targets: tf.Tensor, passes: int, backward: bool
+) -> Callable[[], None]:
+    """``passes`` compiled forward passes (``backward``: forward+backward, ``input_gradients``
+    of the logit) on ``batch``: the least work a method doing that many passes can do."""
+    if backward:
+        step = tf.function(lambda a, b: input_gradients(classifier, a, b, loss="logit").gradient)
+    else:
+        step = tf.function(lambda a, b: classifier.logits(a))
+
+    def limit() -> None:
+        for _ in range(passes):
+            step(batch, targets).numpy()
+
+    return limit
+
+
+def ratios(first: list[tuple[float, float]], second: list[tuple[float, float]], index: int):
+    """Per-round ratios first / second of the wall (index 0) or CPU (index 1) seconds."""
+    return [a[index] / b[index] for a, b in zip(first, second, strict=True)]
+
+
 def speed(classifier, pool: np.ndarray, images: int, steps: int, chunk: int, repeats: int) -> None:
     """Print IG and SmoothGrad images/s against the limit.
 
@@ -61,27 +103,12 @@ def speed(classifier, pool: np.ndarray, images: int, steps: int, chunk: int, rep
     x = pool[:images]
     batch = tf.constant(pool[:chunk])  # the limit's batch has exactly ``chunk`` images
     targets = tf.constant(classifier.predict_logits(batch).argmax(axis=1).astype(np.int32))
-    forward_backward = tf.function(
-        lambda a, b: input_gradients(classifier, a, b, loss="logit").gradient
-    )
-    passes = len(x) * steps // chunk
-
-    def limit() -> None:
-        for _ in range(passes):
-            forward_backward(batch, targets).numpy()
-
     runs = {
-        "limit": limit,
+        "limit": compiled_limit(classifier, batch, targets, len(x) * steps // chunk, True),
         "IG": lambda: integrated_gradients(classifier, x, steps=steps, internal_batch_size=chunk),
         "SmoothGrad": lambda: smoothgrad(classifier, x, samples=steps, internal_batch_size=chunk),
     }
-    for run in runs.values():
-        run()  # trace once
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
-    for repeat in range(repeats):
-        order = list(runs) if repeat % 2 == 0 else list(runs)[::-1]
-        for name in order:
-            times[name].append(timed(runs[name]))
+    times = interleaved(runs, repeats)
     limit_rate = len(x) / statistics.median(wall for wall, _ in times["limit"])
     print(
         f"internal_batch_size {chunk}: limit ({steps} x compiled fwd+bwd at batch {chunk}) "
@@ -90,11 +117,11 @@ def speed(classifier, pool: np.ndarray, images: int, steps: int, chunk: int, rep
     for name in ("IG", "SmoothGrad"):
         rate = len(x) / statistics.median(wall for wall, _ in times[name])
         for clock, index in (("wall", 0), ("CPU", 1)):
-            ratios = [a[index] / b[index] for a, b in zip(times["limit"], times[name], strict=True)]
+            per_round = ratios(times["limit"], times[name], index)
             print(
                 f"  {name:10s} {rate:6.1f} images/s; ratio to limit by {clock:4s} time: median "
-                f"{statistics.median(ratios):.3f} (repeats "
-                + " ".join(f"{r:.3f}" for r in ratios)
+                f"{statistics.median(per_round):.3f} (repeats "
+                + " ".join(f"{r:.3f}" for r in per_round)
                 + ")"
             )
 
