@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from robustkit.values import as_json, as_numpy
+
 ArrayOrTensor = TypeVar("ArrayOrTensor")
 
 
@@ -79,15 +81,11 @@ class AttackResult:
 
     def to_numpy(self) -> dict[str, Any]:
         """All fields as a dict of NumPy arrays (and the config)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return as_numpy(self)
 
     def to_dict(self, include_images: bool = False) -> dict[str, Any]:
         """JSON-able dict; images are left out unless asked for."""
-        out: dict[str, Any] = {}
-        for name, value in self.to_numpy().items():
-            if name == "x_adv" and not include_images:
-                continue
-            out[name] = value.tolist() if isinstance(value, np.ndarray) else value
+        out = as_json(self, leave_out=None if include_images else "x_adv")
         out["gradient_steps"] = self.gradient_steps
         out["summary"] = {
             "clean_accuracy": self.clean_accuracy,

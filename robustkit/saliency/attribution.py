@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from robustkit.values import as_json, as_numpy
 
 
 @dataclass
@@ -44,16 +46,11 @@ class Attribution:
 
     def to_numpy(self) -> dict[str, Any]:
         """All fields as a dict of NumPy arrays (and the method and options)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return as_numpy(self)
 
     def to_dict(self, include_maps: bool = False) -> dict[str, Any]:
         """JSON-able dict; the maps are left out unless asked for."""
-        out: dict[str, Any] = {}
-        for name, value in self.to_numpy().items():
-            if name == "maps" and not include_maps:
-                continue
-            out[name] = value.tolist() if isinstance(value, np.ndarray) else value
-        return out
+        return as_json(self, leave_out=None if include_maps else "maps")
 
     def to_json(self, include_maps: bool = False) -> str:
         """JSON text of :meth:`to_dict`."""
