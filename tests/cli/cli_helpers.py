@@ -10,6 +10,7 @@ import numpy as np
 from click.testing import CliRunner, Result
 from PIL import Image
 
+from robustkit.runs import attack as attack_module
 from robustkit_cli.main import main
 
 CLASSES = ("ant", "bee", "cat")
@@ -65,3 +66,17 @@ def invoke(*args: object) -> Result:
 
 def report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
+
+
+def interrupt_at_second_batch(monkeypatch) -> None:
+    """Make attack runs stop with KeyboardInterrupt (a Ctrl-C) as their second batch starts."""
+    original = attack_module.AttackRun.process_batch
+    calls = []
+
+    def interrupt_second_batch(self, batch):
+        calls.append(batch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(attack_module.AttackRun, "process_batch", interrupt_second_batch)

@@ -10,6 +10,7 @@ import pytest
 from cli_helpers import (
     CLASSES,
     class_tree,
+    interrupt_at_second_batch,
     invoke,
     linear,
     report,
@@ -428,23 +429,14 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, mode
     complete = invoke(*args, "--out", tmp_path / "full", "--save-perturbation")
     assert complete.exit_code == 0, complete.output
 
-    original = attack_module.AttackRun.process_batch
-    calls = []
-
-    def interrupt_second_batch(self, batch):
-        calls.append(batch)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(attack_module.AttackRun, "process_batch", interrupt_second_batch)
+    interrupt_at_second_batch(monkeypatch)
     out = tmp_path / "resumed"
     cut = invoke(*args, "--out", out, "--save-perturbation")
     assert cut.exit_code == 1 and "rerun the same command" in cut.stderr
     assert not (out / "report.json").exists()
     assert len(list(out.rglob("*.perturbation.png"))) == 4
     assert not list(out.rglob("*robustkit-tmp"))
-    monkeypatch.setattr(attack_module.AttackRun, "process_batch", original)
+    monkeypatch.undo()  # the second batch goes through again
 
     other = invoke(
         models["gray"],

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import tensorflow as tf
-from cli_helpers import class_tree, tiny_cnn
+from cli_helpers import class_tree, interrupt_at_second_batch, tiny_cnn
 
 from robustkit.attacks import PGD, is_robust
 from robustkit.errors import InputError, OutputExistsError
@@ -118,22 +118,13 @@ def test_resume_after_a_partial_journal_gives_identical_bytes(
         image_options=options,
     )  # fmt: skip
 
-    original = attack_module.AttackRun.process_batch
-    calls = []
-
-    def interrupt_second_batch(self, batch):
-        calls.append(batch)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(attack_module.AttackRun, "process_batch", interrupt_second_batch)
+    interrupt_at_second_batch(monkeypatch)
     out = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         attack_folder(
             classifier, images, out, attack(), save_perturbation=True, image_options=options
         )
-    monkeypatch.setattr(attack_module.AttackRun, "process_batch", original)
+    monkeypatch.undo()  # the second batch goes through again
     journal = out / attack_module.JOURNAL
     assert len(journal.read_text().splitlines()) == 1 + 4  # header and the first batch
     assert not (out / LOCK_NAME).exists() and not (out / "report.json").exists()

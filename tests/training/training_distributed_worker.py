@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from training_helpers import blobs, small_cnn, weights_of
+from training_helpers import blobs, compare_runs, small_cnn, weights_of
 
 from robustkit.attacks import PGD
 from robustkit.optimizers import clipped_noisy
@@ -66,17 +66,7 @@ def main() -> None:
         two_weights, two_history, validation_replicas = train(mirrored, name)
         report[name] = {
             "validation_replicas": validation_replicas,
-            "weight_difference": max(
-                float(np.max(np.abs(a - b))) for a, b in zip(one_weights, two_weights, strict=True)
-            ),
-            "weight_change": max(
-                float(np.max(np.abs(a - b))) for a, b in zip(one_weights, initial, strict=True)
-            ),
-            "metric_difference": {
-                metric: float(np.max(np.abs(np.subtract(values, two_history[metric]))))
-                for metric, values in one_history.items()
-                if metric != "seconds"
-            },
+            **compare_runs((one_weights, one_history), (two_weights, two_history), initial),
         }
     print(json.dumps(report))
 

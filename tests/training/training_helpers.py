@@ -48,3 +48,25 @@ def cross_entropy(z: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def weights_of(model: keras.Model) -> list[np.ndarray]:
     return [np.array(w) for w in model.get_weights()]
+
+
+def compare_runs(
+    one: tuple[list[np.ndarray], dict], two: tuple[list[np.ndarray], dict], initial: list
+) -> dict:
+    """How two trainings (weights, history) differ: the largest weight difference, how far the
+    first moved from ``initial`` (so a run that trained nothing cannot pass), and the largest
+    difference of each logged metric but the timings."""
+    (one_weights, one_history), (two_weights, two_history) = one, two
+    return {
+        "weight_difference": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(one_weights, two_weights, strict=True)
+        ),
+        "weight_change": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(one_weights, initial, strict=True)
+        ),
+        "metric_difference": {
+            metric: float(np.max(np.abs(np.subtract(values, two_history[metric]))))
+            for metric, values in one_history.items()
+            if metric != "seconds"
+        },
+    }
