@@ -66,6 +66,14 @@ def trained_params(model: keras.Model) -> np.ndarray:
 # ------------------------------------------------------------------------------ N-FGSM
 
 
+def training_adversarials(attack: PGD, method: str, eps: float) -> np.ndarray:
+    """float64 [N, D]: the points the trainer's attack for ``method`` finds on the linear
+    model (W, B) from X, flattened."""
+    classifier = Classifier(linear_model(W, B, (2, 2, 1)))
+    found = training_attack(attack, method, eps).run(classifier, X, Y, SEED).x_adv.numpy()
+    return found.reshape(len(X), -1).astype(np.float64)
+
+
 def test_n_fgsm_noise_and_step_follow_the_paper_on_a_linear_model() -> None:
     """η ~ U[-k·eps, k·eps] per pixel, x_adv = clip(x + η + α·sign(∇x CE(x + η))) with α = eps:
     no projection to the eps-ball, only the image bounds."""
@@ -257,13 +265,7 @@ def test_mart_training_step_matches_finite_differences() -> None:
     eps, beta, lr = 0.1, 6.0, 0.3
     attack = PGD("linf", eps, steps=3, step_size=0.04, random_start=False)
     x = X.reshape(len(X), -1).astype(np.float64)
-    x_adv = (
-        training_attack(attack, "mart", eps)
-        .run(Classifier(linear_model(W, B, (2, 2, 1))), X, Y, SEED)
-        .x_adv.numpy()
-        .reshape(x.shape)
-        .astype(np.float64)
-    )
+    x_adv = training_adversarials(attack, "mart", eps)
     model = linear_model(W, B, (2, 2, 1))
     trainer = AdversarialTrainer(model, keras.optimizers.SGD(lr), attack, method="mart", beta=beta)
     history = trainer.fit((X, Y), 1, batch_size=len(X), shuffle=False)
@@ -317,14 +319,7 @@ def test_awp_step_takes_the_gradient_at_the_perturbed_kernel() -> None:
     step applies ∇ mean CE(x_adv) at (W + v, B) to (W, B)."""
     eps, gamma, lr = 0.1, 0.05, 0.5
     attack = PGD("linf", eps, steps=3, step_size=0.04, random_start=False)
-    x = X.reshape(len(X), -1).astype(np.float64)
-    x_adv = (
-        training_attack(attack, "pgd", eps)
-        .run(Classifier(linear_model(W, B, (2, 2, 1))), X, Y, SEED)
-        .x_adv.numpy()
-        .reshape(x.shape)
-        .astype(np.float64)
-    )
+    x_adv = training_adversarials(attack, "pgd", eps)
     model = linear_model(W, B, (2, 2, 1))
     trainer = AdversarialTrainer(model, keras.optimizers.SGD(lr), attack, awp=gamma)
     history = trainer.fit((X, Y), 1, batch_size=len(X), shuffle=False)
