@@ -51,14 +51,22 @@ def png_declaring(width: int, height: int) -> bytes:
 
 
 def decode_or_refuse(path) -> None:
-    """Decode ``path`` both ways a run does; only ImageReadError may come out."""
-    for read in (
-        lambda: image_size(path),
-        lambda: read_image(path, channels=3),
-        lambda: read_image(path, channels=1, size=(8, 8), resize="bilinear"),
-    ):
+    """Decode ``path`` both ways a run does: only ImageReadError (one line naming the file) may
+    come out, and what decodes is what was asked for (uint8 codes of the file's own size with
+    3 channels, or 8x8 with 1 channel when resized)."""
+
+    def check_rgb() -> None:
+        height, width = image_size(path)
+        codes, _ = read_image(path, channels=3)
+        assert codes.dtype == np.uint8 and codes.shape == (height, width, 3)
+
+    def check_resized_gray() -> None:
+        codes, _ = read_image(path, channels=1, size=(8, 8), resize="bilinear")
+        assert codes.dtype == np.uint8 and codes.shape == (8, 8, 1)
+
+    for check in (check_rgb, check_resized_gray):
         try:
-            read()
+            check()
         except ImageReadError as error:
             message = str(error)
             assert message.startswith(f"{path}: ") and "\n" not in message
