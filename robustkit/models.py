@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from robustkit.errors import InputError, RobustkitWarning
 from robustkit.model_files import load_keras_model
-from robustkit.model_heads import logits_function
+from robustkit.model_heads import logits_view
 
 logger = logging.getLogger(__name__)
 
@@ -150,16 +150,20 @@ class Classifier:
         self.input_shape = self._resolve_input_shape(model, input_shape)
         self._check_channels(self.preprocessing, self.input_shape[-1])
         self.uses_log_probabilities = output == "probabilities"
+        missing = None  # why no pre-softmax output was found
         if self.uses_log_probabilities:
-            self._raw_logits, self.logits_source = self._log_probabilities(model)
+            self._raw_logits, self.logits_source = self._log_probabilities(
+                model, "output='probabilities' was declared"
+            )
         elif output == "logits":
             self._raw_logits = lambda x, training=False: model(x, training=training)
             self.logits_source = "model output (declared logits)"
         else:
-            self._raw_logits, self.logits_source = logits_function(model)
+            self._raw_logits, self.logits_source, missing = logits_view(model)
         probe = self._probe_outputs()
         if output == "auto" and looks_like_probabilities(probe):
-            self._raw_logits, self.logits_source = self._log_probabilities(model)
+            why = missing or "its pre-softmax output already sums to 1 on every row"
+            self._raw_logits, self.logits_source = self._log_probabilities(model, why)
             self.uses_log_probabilities = True
         self.num_classes = num_classes or int(probe.shape[-1])
         logger.debug("Classifier logits from %s", self.logits_source)
@@ -197,11 +201,14 @@ class Classifier:
                 )
 
     @staticmethod
-    def _log_probabilities(model: Any) -> tuple[Callable[..., tf.Tensor], str]:
+    def _log_probabilities(model: Any, why: str) -> tuple[Callable[..., tf.Tensor], str]:
+        """log(probabilities) as logits, with a warning that says ``why`` the logits could not
+        be recovered."""
         warnings.warn(
-            "The model outputs probabilities and its logits cannot be recovered; robustkit uses "
-            "log(probabilities), which saturate and can mask gradients, so attacks may "
-            "overestimate robustness. Pass a model whose last layer outputs logits if you can.",
+            f"The model outputs probabilities and its logits cannot be recovered: {why}. "
+            "robustkit uses log(probabilities), which saturate and can mask gradients, so "
+            "attacks may overestimate robustness. Pass a model whose last layer outputs logits "
+            "if you can.",
             RobustkitWarning,
             stacklevel=3,
         )

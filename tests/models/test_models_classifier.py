@@ -79,10 +79,12 @@ def test_a_softmax_head_gives_back_its_exact_logits(zoo) -> None:
     assert len(np.unique(logits.argmax(axis=1))) > 1  # calibrated: not one class for all
 
 
-def test_a_softmax_application_wrapped_in_a_sequential_gives_back_its_logits() -> None:
-    """keras.Sequential([Rescaling, MobileNetV2 with its softmax top]): the nested head is
-    unwrapped (no log-probabilities), and logits and input gradients are those of the same
-    weights with a logits top."""
+@pytest.mark.parametrize("wrapper", ["sequential", "functional"])
+def test_a_softmax_application_wrapped_in_a_model_gives_back_its_logits(wrapper: str) -> None:
+    """keras.Sequential([Rescaling, MobileNetV2 with its softmax top]) or the functional
+    keras.Model(image, MobileNetV2(Rescaling(image))): the nested head is unwrapped (no
+    log-probabilities), and logits and input gradients are those of the same weights with a
+    logits top."""
     keras.utils.set_random_seed(6)
 
     def wrapped(activation: str | None) -> keras.Model:
@@ -94,7 +96,10 @@ def test_a_softmax_application_wrapped_in_a_sequential_gives_back_its_logits() -
             classifier_activation=activation,
         )
         rescaling = keras.layers.Rescaling(1 / 127.5, offset=-1)
-        return keras.Sequential([keras.Input((32, 32, 3)), rescaling, application])
+        if wrapper == "sequential":
+            return keras.Sequential([keras.Input((32, 32, 3)), rescaling, application])
+        image = keras.Input((32, 32, 3))
+        return keras.Model(image, application(rescaling(image)))
 
     softmax, twin = wrapped("softmax"), wrapped(None)
     twin.set_weights(softmax.get_weights())
