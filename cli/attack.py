@@ -9,7 +9,7 @@ import click
 
 from robustkit.attacks import FGSM, PGD
 from robustkit.io.pixels import LEVELS
-from robustkit.runs import ImageOptions, ModelOptions, OutputOptions, attack_folder
+from robustkit.runs import FolderReport, ImageOptions, ModelOptions, OutputOptions, attack_folder
 from robustkit.runs.attack import REPORT_CSV, REPORT_JSON
 from robustkit_cli.common import (
     NUMBER,
@@ -48,8 +48,9 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def print_summary(console: Console, summary: dict[str, Any], out: Path) -> None:
+def print_summary(console: Console, report: FolderReport, out: Path) -> None:
     """The short human summary on stdout."""
+    summary = report.summary
     config = summary["attack"]
     steps = (
         f", {config['steps']} steps, step {config['step_size']:.4g}"
@@ -77,7 +78,7 @@ def print_summary(console: Console, summary: dict[str, Any], out: Path) -> None:
             f"distance         Linf mean {summary['mean_linf']:.4f} max {summary['max_linf']:.4f}; "
             f"L2 mean {summary['mean_l2']:.4f} max {summary['max_l2']:.4f}"
         )
-    console.say(f"speed            {summary['images_per_second']:.1f} images/s")
+    console.say_run(report, "attacked", "speed            ")
     console.say(f"wrote adversarial PNGs, {REPORT_JSON} and {REPORT_CSV} to {out}")
 
 
@@ -175,5 +176,5 @@ def attack(
     if console.json_output:
         console.print_json(report.to_dict())
     else:
-        print_summary(console, report.summary, output.out)
+        print_summary(console, report, output.out)
     return 0

@@ -30,7 +30,13 @@ import click
 
 from robustkit.errors import RobustkitError
 from robustkit.io import RESIZE_METHODS, to_jsonable
-from robustkit.runs import DEFAULT_BATCH_SIZE, ImageOptions, ModelOptions, OutputOptions
+from robustkit.runs import (
+    DEFAULT_BATCH_SIZE,
+    FolderReport,
+    ImageOptions,
+    ModelOptions,
+    OutputOptions,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -128,6 +134,17 @@ class Console:
     def warn(self, message: str) -> None:
         """Something went wrong but the run goes on (stderr, always)."""
         click.echo(f"warning: {message}", err=True)
+
+    def say_run(self, report: FolderReport, verb: str, label: str) -> None:
+        """The summary's speed line: images/s and what this run did of a resumed job."""
+        this_run = report.this_run
+        line = f"{label}{report.summary['images_per_second']:.1f} images/s"
+        if this_run.resumed:
+            line += (
+                f" (this run {verb} {this_run.images_processed} images; "
+                f"{this_run.images_done_before} were done by an earlier run)"
+            )
+        self.say(line)
 
     def print_json(self, data: Any) -> None:
         """The machine-readable result on stdout."""

@@ -11,6 +11,7 @@ import click
 
 from robustkit.errors import InputError
 from robustkit.runs import (
+    FolderReport,
     ImageOptions,
     ModelOptions,
     OutputOptions,
@@ -299,12 +300,13 @@ def saliency(
     if console.json_output:
         console.print_json(report.to_dict())
     else:
-        print_summary(console, report.summary, output.out, html)
+        print_summary(console, report, output.out, html)
     return 0
 
 
-def print_summary(console: Console, summary: dict[str, Any], out: Path, html: bool) -> None:
+def print_summary(console: Console, report: FolderReport, out: Path, html: bool) -> None:
     """The short human summary on stdout: per method its options and figures."""
+    summary = report.summary
     console.say(
         f"images      {summary['images_explained']} explained, {summary['images_skipped']} "
         f"skipped; target {summary['target']}"
@@ -336,6 +338,6 @@ def print_summary(console: Console, summary: dict[str, Any], out: Path, html: bo
             f"attack      {config['attack']} {config['norm']} eps={config['eps']:.4g}, success "
             + ("n/a" if rate is None else f"{100 * rate:.1f}%")
         )
-    console.say(f"speed       {summary['images_per_second']:.1f} images/s")
+    console.say_run(report, "explained", "speed       ")
     reports = f"{REPORT_JSON} and {REPORT_HTML}" if html else REPORT_JSON
     console.say(f"wrote heatmaps, overlays, .npy maps and {reports} to {out}")

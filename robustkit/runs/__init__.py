@@ -16,7 +16,7 @@ from robustkit.runs.attack import AttackRun, attack_folder, saved_codes
 from robustkit.runs.evaluate import SUITE_NAMES, evaluate_folder, read_labelled_images
 from robustkit.runs.explain import ExplainRun, explain_folder
 from robustkit.runs.explain_options import RenderOptions, UnderAttack
-from robustkit.runs.folder import FolderReport, FolderRun, RunInputs, summarize_notes
+from robustkit.runs.folder import FolderReport, FolderRun, RunInputs, RunStats, summarize_notes
 from robustkit.runs.lock import RunLock
 from robustkit.runs.options import (
     DEFAULT_BATCH_SIZE,
@@ -40,6 +40,7 @@ __all__ = [
     "RenderOptions",
     "RunInputs",
     "RunLock",
+    "RunStats",
     "UnderAttack",
     "attack_folder",
     "check_output_folder",

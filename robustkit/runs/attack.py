@@ -58,6 +58,7 @@ ROW_FIELDS = (
     "success_before_quantization",
     "linf",
     "l2",
+    "gradient_steps",
 )
 
 
@@ -117,7 +118,6 @@ class AttackRun(FolderRun):
         self.attack = attack
         self.target = target
         self.save_perturbation = save_perturbation
-        self.gradient_steps = 0
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -155,7 +155,6 @@ class AttackRun(FolderRun):
             batch_size=len(x),
             first_index=self.first_index,
         )
-        self.gradient_steps += result.gradient_steps
         codes = saved_codes(self.attack, x, result.x_adv, bounds)
         reread = np.stack(
             [
@@ -196,6 +195,7 @@ class AttackRun(FolderRun):
                     "success_before_quantization": bool(before[i]),
                     "linf": float(np.abs(delta[i]).max()),
                     "l2": float(np.sqrt(np.sum(delta[i] ** 2))),
+                    "gradient_steps": int(result.steps[i]),
                 }
             )
         return rows
@@ -203,7 +203,6 @@ class AttackRun(FolderRun):
     def summarize(self, rows: list[Row]) -> dict[str, Any]:
         return {
             **summarize(rows, self.folder.label_source),
-            "gradient_steps_this_run": self.gradient_steps,
             "attack": self.attack.config,
             "seed": self.attack.seed,
             "target": self.target,
@@ -250,6 +249,7 @@ def summarize(rows: list[Row], label_source: str) -> dict[str, Any]:
         "max_linf": stat("linf", np.max),
         "mean_l2": stat("l2", np.mean),
         "max_l2": stat("l2", np.max),
+        "gradient_steps": int(sum(row["gradient_steps"] for row in attacked)),
     }
 
 

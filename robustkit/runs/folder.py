@@ -52,20 +52,41 @@ Progress = Callable[[int, int], None]  # (images handled so far, images this run
 Row = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class RunStats:
+    """What this one process did of a folder job that may have been resumed.
+
+    Not written to ``report.json``, which holds results only: a job finished by a resumed run
+    writes the report an uninterrupted run writes, timings aside.
+
+    Attributes:
+        resumed: True when an earlier run had already finished some images.
+        images_done_before: images an earlier run had finished (their rows came from the journal).
+        images_processed: images this run read and processed.
+    """
+
+    resumed: bool
+    images_done_before: int
+    images_processed: int
+
+
 @dataclass
 class FolderReport:
-    """The outcome of a folder run, exactly as written to ``out/report.json``.
+    """The outcome of a folder run: ``out/report.json`` (``summary`` and ``rows``) and this run's
+    own counts.
 
     Attributes:
         out: the output folder.
         rows: one row per file found, sorted by path; ``status`` is the run's verb
             ("attacked", "explained") or "skipped" (with a ``reason``).
         summary: counts and figures over the rows, every setting, timing and library versions.
+        this_run: what this process did (not in ``report.json``).
     """
 
     out: Path
     rows: list[Row]
     summary: dict[str, Any]
+    this_run: RunStats
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON types: ``{"summary": ..., "images": rows}``."""
@@ -290,8 +311,6 @@ class FolderRun:
         )
         summary = {
             **self.summarize(rows),
-            f"images_{self.status}_this_run": processed,
-            "resumed": bool(done),
             "seconds": seconds,
             "images_per_second": processed / seconds if seconds > 0 else math.nan,
             "model": self.inputs.model,
@@ -301,7 +320,8 @@ class FolderRun:
             "resize": self.inputs.image_options.resize,
             "versions": environment_versions(),
         }
-        report = FolderReport(self.out, rows, summary)
+        this_run = RunStats(bool(done), len(done), processed)
+        report = FolderReport(self.out, rows, summary, this_run)
         self.write_reports(report)
         self.journal.remove()
         return report

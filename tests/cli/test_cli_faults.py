@@ -31,15 +31,8 @@ from robustkit_cli.main import main
 KILL_AT = Path(__file__).with_name("kill_at.py")
 RUN = "import sys; from robustkit_cli.main import main; main(sys.argv[1:])"
 KILLED = -signal.SIGKILL
-# summary fields that describe one run of a resumed job, not its results
-PER_RUN = {
-    "seconds",
-    "images_per_second",
-    "resumed",
-    "images_attacked_this_run",
-    "images_explained_this_run",
-    "gradient_steps_this_run",
-}
+# a folder run's timing fields: the only summary fields a resumed job may change
+PER_RUN = {"seconds", "images_per_second"}
 # (kill point, n): what each run of a chain dies at, counted from that run's start
 CHAINS = {
     "attack": [("batch", 2), ("before-replace", 3), ("after-replace", 4), ("journal", 1)],

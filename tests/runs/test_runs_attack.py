@@ -17,6 +17,7 @@ from robustkit.runs import (
     ImageOptions,
     ModelOptions,
     OutputOptions,
+    RunStats,
     attack_folder,
     load_model,
     saved_codes,
@@ -89,11 +90,13 @@ def test_saved_pngs_reproduce_the_reported_predictions(classifier, images, tmp_p
     clean_pred = np.array([row["clean_pred"] for row in rows])
     robust = is_robust(clean_pred == labels, logits.argmax(axis=1) != labels)
     assert report.summary["robust_accuracy"] == robust.mean()
-    assert report.summary["images_attacked_this_run"] == 9 and not report.summary["resumed"]
-    # One call on all nine images gives the same bytes: per-example keys, not per batch.
+    assert report.this_run == RunStats(resumed=False, images_done_before=0, images_processed=9)
+    # One call on all nine images gives the same bytes and steps: per-example keys, not per batch.
     x = from_uint8(clean)
     direct = attack()(classifier, x, labels)
     np.testing.assert_array_equal(saved, saved_codes(attack(), x, direct.x_adv))
+    assert [row["gradient_steps"] for row in rows] == direct.steps.tolist()
+    assert report.summary["gradient_steps"] == direct.gradient_steps > 0
 
 
 def test_same_seed_same_bytes_whatever_the_batch_size(classifier, images, tmp_path):
@@ -144,7 +147,7 @@ def test_resume_after_a_partial_journal_gives_identical_bytes(
             classifier, images, out, attack(), save_perturbation=True, image_options=options
         )
     assert "resuming an interrupted run" in caplog.text and "4 files already done" in caplog.text
-    assert resumed.summary["resumed"] and resumed.summary["images_attacked_this_run"] == 5
+    assert resumed.this_run == RunStats(resumed=True, images_done_before=4, images_processed=5)
     assert resumed.rows == full.rows
     assert png_bytes(out) == png_bytes(tmp_path / "full") and len(png_bytes(out)) == 18
     assert not journal.exists() and not (out / LOCK_NAME).exists()

@@ -12,7 +12,7 @@ from robustkit.attacks import PGD
 from robustkit.errors import InputError, OutputExistsError
 from robustkit.io import from_uint8, read_image
 from robustkit.models import Classifier
-from robustkit.runs import ImageOptions, UnderAttack, explain_folder
+from robustkit.runs import ImageOptions, RunStats, UnderAttack, explain_folder
 from robustkit.saliency import explanation_shift, method_keywords, metric_table
 
 METHODS = ["smoothgrad", "integrated_gradients"]
@@ -93,7 +93,8 @@ def test_an_interrupted_run_resumes_to_the_same_files(classifier, tmp_path):
     calls = []
     resumed = run(classifier, tmp_path / "in", out, 2, lambda *done: calls.append(done))
     assert calls == [(0, 2), (2, 2)]  # only the last batch was left
-    assert resumed.summary["resumed"] is True and not journal.exists()
+    assert resumed.this_run == RunStats(resumed=True, images_done_before=4, images_processed=2)
+    assert not journal.exists()
     assert files(tmp_path / "complete") == files(out)
     assert complete.rows == resumed.rows
     on_disk = json.loads((out / "report.json").read_text())
