@@ -4,7 +4,8 @@ It needs only logits, never gradients, so it is blind to gradient masking: when 
 examples that gradient attacks could not, the gradients were lying. Each query changes the
 perturbation inside a random square window and keeps the candidate if the objective (the margin
 by default) improved. The window's share ``p`` of the image halves on a fixed schedule
-(:func:`p_selection`) from ``p_init``.
+(:func:`p_selection`) from ``p_init``: at fixed shares of the budget (the paper's, rescaled to
+it), or at fixed query counts as in AutoAttack's standard Square (``rescale_schedule=False``).
 
 Linf: start from vertical stripes of ``±eps`` (one sign per column and channel); each query sets
 one random window to ``±eps`` per channel, the signs redrawn so that the clipped window always
@@ -53,16 +54,18 @@ from robustkit.losses import LossFunction, get_attack_loss
 from robustkit.models import Classifier
 from robustkit.norms import Norm
 
-# Progress points (in 1/10000 of the query budget) after which p halves (paper, Appendix A).
+# Progress points after which p halves (paper, Appendix A): in 1/10000 of the query budget, or
+# in queries when the schedule is not rescaled (the paper's points for a budget of 10,000).
 HALVING_POINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 SAME_PIXEL = 1e-7  # the reference's tolerance for "the clipped window did not change"
 _MAX_CODED_CHANNELS = 16  # sign patterns are numbered 0 .. 2**channels - 1 up to this many
 
 
-def p_selection(p_init: float, query: int, queries: int) -> float:
+def p_selection(p_init: float, query: int, queries: int, rescale: bool = True) -> float:
     """The share of the image a window covers at 0-based ``query`` of ``queries`` (the paper's
-    piecewise-constant schedule, rescaled to the budget as ``int(query / queries * 10000)``)."""
-    progress = int(query / queries * 10000)
+    piecewise-constant schedule, rescaled to the budget as ``int(query / queries * 10000)``, or
+    with ``rescale=False`` read at ``query`` itself, as if the budget were 10,000)."""
+    progress = int(query / queries * 10000) if rescale else query
     return p_init / 2 ** sum(progress > point for point in HALVING_POINTS)
 
 
@@ -76,6 +79,9 @@ class Square(Attack):
         p_init: share of the image the first windows cover (0 < p_init <= 1); the paper's
             default for robust models is 0.3 (Linf) and 0.1 (L2), AutoAttack's 0.8.
         restarts: independent searches; examples broken by one are not attacked by the next.
+        rescale_schedule: halve ``p`` at fixed shares of ``queries`` (True: the paper, the
+            reference ``square_attack_l2``) or at fixed query counts 10, 50, 200, ..., 8000
+            (False: AutoAttack's standard Square, fra31's ``resc_schedule=False``).
         loss: the objective, "margin" (best other logit minus the label's, the paper's choice),
             "ce" or a callable ``(logits, labels) -> [N]``; negated for targeted attacks.
         early_stop: stop querying an example once it is adversarial.
@@ -94,6 +100,7 @@ class Square(Attack):
         queries: int = 5000,
         p_init: float = 0.8,
         restarts: int = 1,
+        rescale_schedule: bool = True,
         loss: str | LossFunction = "margin",
         early_stop: bool = True,
         seed: int = 0,
@@ -104,6 +111,7 @@ class Square(Attack):
         self.queries = positive_int(queries, "queries")
         self.p_init = float(p_init)
         self.restarts = positive_int(restarts, "restarts")
+        self.rescale_schedule = bool(rescale_schedule)
         self.loss = loss
         self._loss_function = get_attack_loss(loss)
 
@@ -115,6 +123,7 @@ class Square(Attack):
             "queries": self.queries,
             "p_init": self.p_init,
             "restarts": self.restarts,
+            "rescale_schedule": self.rescale_schedule,
             "loss": getattr(self.loss, "__name__", self.loss),
         }
 
@@ -126,12 +135,15 @@ class Square(Attack):
 
     def _side(self, query: tf.Tensor, shape: tuple[int, int, int]) -> tf.Tensor:
         """Window side in pixels (int32 scalar) at 0-based loop ``query`` for images of
-        ``shape`` (H, W, C): ``round(sqrt(p * H * W * C / C))``, at least 1 (Linf) or the next
-        odd number >= 3 (L2), at most ``min(H, W) - 1``. Computed in float64, the same
-        operations as the reference, so the rounding matches it bit for bit."""
+        ``shape`` (H, W, C): ``round(sqrt(p * H * W * C / C))`` with p from :func:`p_selection`,
+        at least 1 (Linf) or the next odd number >= 3 (L2), at most ``min(H, W) - 1``.
+        Computed in float64, the same operations as the reference, so the rounding matches it
+        bit for bit."""
         height, width, channels = shape
-        fraction = tf.cast(query, tf.float64) / float(self.queries) * 10000.0
-        progress = tf.cast(tf.floor(fraction), tf.int64)
+        progress = tf.cast(query, tf.int64)
+        if self.rescale_schedule:
+            fraction = tf.cast(query, tf.float64) / float(self.queries) * 10000.0
+            progress = tf.cast(tf.floor(fraction), tf.int64)
         halvings = tf.reduce_sum(
             tf.cast(progress > tf.constant(HALVING_POINTS, tf.int64), tf.int32)
         )

@@ -14,6 +14,7 @@ from robustkit.attacks.square_windows import (
     l2_window_update,
     place_pattern,
     pseudo_gaussian_window,
+    square_mask,
 )
 from robustkit.models import Classifier
 
@@ -30,12 +31,14 @@ def linear_model(weights: np.ndarray, bias: np.ndarray, shape: tuple[int, int, i
 # ---------------------------------------------------------------- NumPy references (the paper)
 
 
-def reference_p(p_init: float, it: int, n_iters: int) -> float:
-    """p_selection of the reference implementation (max-andr/square-attack), verbatim logic."""
-    it = int(it / n_iters * 10000)
+def reference_p(p_init: float, it: int, n_iters: int, rescale: bool = True) -> float:
+    """p_selection of the reference implementations, verbatim logic: max-andr/square-attack
+    (always rescaled) and fra31's SquareAttack (``resc_schedule``; p_init / 512 after 8000)."""
+    if rescale:
+        it = int(it / n_iters * 10000)
     for halvings, (low, high) in enumerate(
         [(10, 50), (50, 200), (200, 500), (500, 1000), (1000, 2000), (2000, 4000),
-         (4000, 6000), (6000, 8000), (8000, 10000)],
+         (4000, 6000), (6000, 8000), (8000, np.inf)],
         start=1,
     ):  # fmt: skip
         if low < it <= high:
@@ -103,14 +106,21 @@ def box_mask(shape, top, left, s):
 # ---------------------------------------------------------------- schedule and patterns
 
 
-@pytest.mark.parametrize("queries", [37, 1000, 5000])
-def test_p_schedule_and_window_side_match_the_reference(queries) -> None:
-    expected = [reference_p(0.8, it, queries) for it in range(queries)]
-    assert [p_selection(0.8, it, queries) for it in range(queries)] == expected
-    if queries == 1000:  # halvings after 0.1%, 0.5%, 2%, 5%, 10%, 20%, 40%, 60%, 80%
+@pytest.mark.parametrize(
+    "queries, rescale", [(37, True), (1000, True), (5000, True), (1000, False), (12000, False)]
+)
+def test_p_schedule_and_window_side_match_the_reference(queries, rescale) -> None:
+    expected = [reference_p(0.8, it, queries, rescale) for it in range(queries)]
+    assert [p_selection(0.8, it, queries, rescale) for it in range(queries)] == expected
+    if queries == 1000 and rescale:  # halvings after 0.1%, 0.5%, 2%, 5%, 10%, 20%, 40%, ...
         assert expected[1] == 0.8 and expected[2] == 0.4 and expected[999] == 0.8 / 512
+    if queries == 1000 and not rescale:  # after queries 10, 50, 200, 500 (AutoAttack's)
+        assert expected[10] == 0.8 and expected[11] == 0.4 and expected[200] == 0.2
+        assert expected[201] == 0.1 and expected[500] == 0.1 and expected[999] == 0.05
+    if queries == 12000:  # past 8000 p stays at p_init / 512 (fra31's schedule)
+        assert expected[8000] == 0.8 / 256 and expected[8001] == expected[11999] == 0.8 / 512
     for norm in ("linf", "l2"):
-        attack = Square(norm, 0.1, queries=queries, p_init=0.8)
+        attack = Square(norm, 0.1, queries=queries, p_init=0.8, rescale_schedule=rescale)
         for shape in ((28, 28, 1), (32, 32, 3), (8, 8, 1)):
             graph = tf.function(
                 lambda q, attack=attack, shape=shape: tf.map_fn(
@@ -284,6 +294,61 @@ def test_every_l2_update_has_norm_eps_where_bounds_do_not_clip() -> None:
     assert np.all(result.steps == 60)
 
 
+@pytest.mark.parametrize("rescale", [True, False])
+def test_every_l2_query_moves_mass_only_into_window_1_and_stays_in_ball_and_bounds(
+    rescale,
+) -> None:
+    """With the [0, 1] bounds clipping: a candidate keeps the iterate outside both windows,
+    empties window 2, gives window 1 (per channel, before clipping) exactly the mass of both
+    windows plus the unused budget eps² - ||delta||², and lies in the L2 ball and the bounds."""
+    eps, channels = 1.0, SHAPE[-1]
+    counts = tf.Variable([0, 0], dtype=tf.int32)  # queries whose window 1 was / was not clipped
+
+    class Checked(Square):
+        def _propose(self, x_clean, x_now, side, keys, eps, bounds):
+            candidate = super()._propose(x_clean, x_now, side, keys, eps, bounds)
+            height, width = x_clean.shape[1:3]
+            first = square_mask(side, *self._corners(keys, side, height, width), height, width)
+            corners_2 = self._corners(seeding.fold_in(keys, 2), side, height, width)
+            second = square_mask(side, *corners_2, height, width) & ~first
+            delta, moved = x_now - x_clean, candidate - x_clean
+
+            def mass(values, mask):  # [m]
+                return tf.reduce_sum(tf.square(tf.where(mask, values, 0.0)), axis=[1, 2, 3])
+
+            everywhere = tf.ones_like(first)
+            unused = tf.maximum(eps**2 - mass(delta, everywhere), 0.0)
+            budget = unused + mass(delta, first | second)  # channels == 1
+            at_bound = (candidate <= bounds[0]) | (candidate >= bounds[1])
+            clipped = tf.reduce_any(at_bound & first, axis=[1, 2, 3])
+            window_mass = mass(moved, first)
+            checks = [
+                tf.debugging.assert_near(tf.where(first | second, x_now, candidate), x_now,
+                                         atol=1e-5, message="changed outside the windows"),
+                tf.debugging.assert_equal(tf.where(second, candidate, x_clean), x_clean),
+                tf.debugging.assert_near(tf.where(clipped, budget, window_mass), budget,
+                                         rtol=1e-4, atol=1e-6, message="window 1's budget"),
+                tf.debugging.assert_less_equal(window_mass, budget * (1 + 1e-4) + 1e-6),
+                tf.debugging.assert_less_equal(mass(moved, everywhere), eps**2 * (1 + 1e-5)),
+                tf.debugging.assert_greater_equal(candidate, bounds[0]),
+                tf.debugging.assert_less_equal(candidate, bounds[1]),
+                counts.assign_add(tf.stack([tf.reduce_sum(tf.cast(c, tf.int32))
+                                            for c in (clipped, ~clipped)])),
+            ]  # fmt: skip
+            with tf.control_dependencies(checks):
+                return tf.identity(candidate)
+
+    assert channels == 1
+    x, y = quadrant_data(16, seed=8)
+    attack = Checked("l2", eps, queries=80, rescale_schedule=rescale, early_stop=False)
+    result = attack(healthy(), x, y)
+    assert np.all(result.steps == 80)
+    assert np.all(result.l2 <= eps * (1 + 1e-5))
+    assert np.all((result.x_adv >= 0) & (result.x_adv <= 1))
+    clipped, unclipped = counts.numpy()
+    assert clipped + unclipped == 16 * 79 and clipped > 50 and unclipped > 50  # both cases
+
+
 def test_l2_start_is_a_grid_of_pseudo_gaussian_squares_of_norm_eps() -> None:
     attack = Square("l2", 2.0)
     keys = seeding.example_keys(tf.constant([3, 1]), tf.range(5))
@@ -400,6 +465,7 @@ def test_square_config_lists_every_hyperparameter() -> None:
         "queries": 30,
         "p_init": 0.3,
         "restarts": 2,
+        "rescale_schedule": True,
         "loss": "margin",
         "early_stop": True,
         "seed": 4,
