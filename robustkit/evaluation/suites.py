@@ -121,12 +121,13 @@ def default_name(attack: Any) -> str:
 
 def standard_suite() -> list[SuiteAttack]:
     """AutoAttack's standard version (Croce & Hein 2020): APGD-CE, APGD-T over 9 targets, FAB-T
-    over 9 targets (100 steps each, one restart) and Square with 5,000 queries."""
+    over 9 targets (100 steps each, one restart) and Square with 5,000 queries (p halving at
+    fixed query counts, as AutoAttack builds it: ``resc_schedule=False``)."""
     return [
         SuiteAttack("apgd-ce", APGD, {"steps": 100, "loss": "ce"}),
         SuiteAttack("apgd-t", APGDT, {"steps": 100, "targets": 9}),
         SuiteAttack("fab-t", FABT, {"steps": 100, "targets": 9}),
-        SuiteAttack("square", Square, {"queries": 5000, "p_init": 0.8}),
+        SuiteAttack("square", Square, {"queries": 5000, "p_init": 0.8, "rescale_schedule": False}),
     ]
 
 
@@ -138,7 +139,11 @@ def plus_suite() -> list[SuiteAttack]:
         SuiteAttack("apgd-dlr", APGD, {"steps": 100, "loss": "dlr", "restarts": 5}),
         SuiteAttack("apgd-t", APGDT, {"steps": 100, "targets": 9}),
         SuiteAttack("fab-t", FABT, {"steps": 100, "targets": 9}),
-        SuiteAttack("square", Square, {"queries": 5000, "p_init": 0.8, "restarts": 5}),
+        SuiteAttack(
+            "square",
+            Square,
+            {"queries": 5000, "p_init": 0.8, "restarts": 5, "rescale_schedule": False},
+        ),
     ]
 
 

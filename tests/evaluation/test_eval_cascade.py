@@ -156,7 +156,7 @@ def test_gradient_free_attacks_run_last_and_names_are_unique() -> None:
         {"steps": 100, "loss": "ce"},
         {"steps": 100, "targets": 9},
         {"steps": 100, "targets": 9},
-        {"queries": 5000, "p_init": 0.8},
+        {"queries": 5000, "p_init": 0.8, "rescale_schedule": False},
     ]
     assert [a.name for a in resolve_suite("quick")[1]] == ["apgd-ce", "apgd-t"]
     assert resolve_suite("quick")[1][1].options["targets"] == 3
