@@ -10,7 +10,8 @@ and writes everything to ``--out`` as JSON.
     python benchmarks/bench_autoattack.py --peer-python /work/benchvenv/bin/python \\
         --setting examples/mnist_robust.keras linf 0.3 --count 500
 
-``--attack square --queries 1000`` compares Square alone with the reference Square instead, and
+``--attack square --queries 1000`` compares Square alone with the reference Square instead (both
+with p_init 0.8 and p halving at fixed query counts, ``rescale_schedule=False``), and
 ``--attack apgd-ce`` APGD-CE alone (100 steps, one restart) with the reference's (torchattacks'
 ``APGD``, fra31's settings).
 ``--reference-json FILE`` (one per setting, in order) reuses a saved reference run instead of
@@ -46,7 +47,10 @@ HERE = Path(__file__).resolve().parent
 
 
 SINGLE_ATTACKS = {
-    "square": lambda norm, eps, args: Square(norm, eps, queries=args.queries, seed=args.seed),
+    # the reference's settings: fra31's AutoAttack builds its Square with resc_schedule=False
+    "square": lambda norm, eps, args: Square(
+        norm, eps, queries=args.queries, p_init=0.8, rescale_schedule=False, seed=args.seed
+    ),
     "apgd-ce": lambda norm, eps, args: APGD(norm, eps, steps=100, seed=args.seed),
 }
 
