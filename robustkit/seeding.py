@@ -20,19 +20,27 @@ _MASK = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9  # 2^32 / phi, separates the words mixed into one hash
 
 
+def _wrap(words: tf.Tensor) -> tf.Tensor:
+    """A product of 32-bit words back to 32 bits: masked in int64; uint32 wraps by itself
+    (half the bytes of int64 and no mask, for the [N, *shape] draws)."""
+    return words if words.dtype == tf.uint32 else tf.bitwise.bitwise_and(words, _MASK)
+
+
 def _mix(words: tf.Tensor) -> tf.Tensor:
-    """lowbias32 of int64 words holding 32-bit values; returns the same range."""
+    """lowbias32 of 32-bit words held in int64 or uint32; returns the same dtype."""
     words = tf.bitwise.bitwise_xor(words, tf.bitwise.right_shift(words, 16))
-    words = tf.bitwise.bitwise_and(words * 0x7FEB352D, _MASK)
+    words = _wrap(words * tf.constant(0x7FEB352D, words.dtype))
     words = tf.bitwise.bitwise_xor(words, tf.bitwise.right_shift(words, 15))
-    words = tf.bitwise.bitwise_and(words * 0x846CA68B, _MASK)
+    words = _wrap(words * tf.constant(0x846CA68B, words.dtype))
     return tf.bitwise.bitwise_xor(words, tf.bitwise.right_shift(words, 16))
 
 
 def _combine(word: tf.Tensor, value: tf.Tensor | int) -> tf.Tensor:
-    """hash(word, value) for int64 32-bit words (broadcasting)."""
+    """hash(word, value) for 32-bit words in int64 or uint32 (broadcasting); ``value``'s own
+    mix runs in int64 at its shape, then joins the word's dtype."""
     value = tf.bitwise.bitwise_and(tf.cast(value, tf.int64), _MASK)
-    return _mix(tf.bitwise.bitwise_xor(word, _mix(tf.bitwise.bitwise_and(value + _GOLDEN, _MASK))))
+    hashed = tf.cast(_mix(tf.bitwise.bitwise_and(value + _GOLDEN, _MASK)), word.dtype)
+    return _mix(tf.bitwise.bitwise_xor(word, hashed))
 
 
 def example_keys(seed: tf.Tensor, example_ids: tf.Tensor) -> tf.Tensor:
@@ -67,9 +75,13 @@ def _to_int32(words: tf.Tensor) -> tf.Tensor:
 
 
 def _bits(keys: tf.Tensor, shape: tf.TensorShape | list[int] | tf.Tensor) -> tf.Tensor:
-    """Hash words int64 [N, *shape] of 32 random bits each."""
+    """Hash words uint32 [N, *shape] of 32 random bits each.
+
+    The per-row and per-counter words are hashed in int64 at their own shapes; the [N, *shape]
+    part in uint32 (the same bits as int64 masked to 32 bits, at half the bytes and ops).
+    """
     words = tf.bitwise.bitwise_and(tf.cast(keys, tf.int64), _MASK)
-    row = _combine(words[:, 0], words[:, 1])
+    row = tf.cast(_combine(words[:, 0], words[:, 1]), tf.uint32)
     shape = tf.cast(tf.convert_to_tensor(shape, tf.int32), tf.int64)
     count = tf.reduce_prod(shape)
     counters = tf.range(count, dtype=tf.int64)
@@ -105,5 +117,5 @@ def integers(keys: tf.Tensor, maxval: tf.Tensor) -> tf.Tensor:
 
 def signs(keys: tf.Tensor, shape: tf.TensorShape | list[int] | tf.Tensor) -> tf.Tensor:
     """float32 [N, *shape] of ±1 with equal odds."""
-    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(_bits(keys, shape), 31), 1)
-    return tf.cast(2 * bits - 1, tf.float32)
+    top_bit = tf.cast(tf.bitwise.right_shift(_bits(keys, shape), 31), tf.int32)
+    return tf.cast(2 * top_bit - 1, tf.float32)
