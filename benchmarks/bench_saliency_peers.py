@@ -209,8 +209,9 @@ def rgb_cnn_setup(
 def mobilenet_setup(digits: np.ndarray, options: Options, size: int = 64) -> Setup:
     """MobileNetV2 (``weights=None``: random, seeded weights; 10-class logit head) at 64 x 64;
     CAMs on block_6_expand_relu (8 x 8 x 192). Not trained: its softmax is flat (0.1 for every
-    class), so Deletion and Score-CAM mean nothing on it; its ReLU6 layers are not plain ReLUs,
-    which robustkit's guided backpropagation refuses. For speed on a larger network."""
+    class), so Deletion and Score-CAM mean nothing on it; robustkit's guided backpropagation
+    gates its ReLU6 layers (g [0 < z < 6] [g > 0]), which a peer's ReLU-only rule may not. For
+    speed on a larger network."""
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(
         input_shape=(size, size, 3), weights=None, classes=10, classifier_activation=None
@@ -542,7 +543,7 @@ def agreement_rows(setup: Setup, ours: Ours, peers: Peers) -> tuple[list[dict], 
     for method in AGREEMENT_METHODS:
         try:
             maps[method] = ours.comparable(method, setup.x, setup.target)
-        except InputError as error:  # e.g. guided backpropagation on ReLU6 layers
+        except InputError as error:  # e.g. guided backpropagation on swish or GELU
             rows.append({"model": setup.name, "method": method, "skipped": str(error)})
             print(f"  {setup.name:11s} {method:22s} skipped: {error}", flush=True)
             continue
@@ -791,7 +792,7 @@ def speed_rows(setup: Setup, ours: Ours, peers: Peers, images: int, rounds: int)
             runs["limit"] = compiled_limit(setup.classifier, batch, labels, passes, False)
         try:
             times = interleaved(runs, rounds)
-        except InputError as error:  # e.g. guided backpropagation on ReLU6 layers
+        except InputError as error:  # e.g. guided backpropagation on swish or GELU
             rows.append({"model": setup.name, "method": method, "skipped": str(error)})
             print(f"  {setup.name:11s} {method:20s} skipped: {error}", flush=True)
             continue

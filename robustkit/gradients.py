@@ -221,12 +221,41 @@ def activation_gradients(
     return ActivationGradients(outputs[0], gradient, logits, objective)
 
 
+# Activations the guided rule covers: piecewise linear and non-decreasing, so f'(z) >= 0.
+GUIDED_ACTIVATIONS = (keras.activations.relu, keras.activations.relu6, keras.activations.leaky_relu)
+# Activations a guided pass runs plainly: the identity, and the output's normalization.
+_PLAIN_ACTIVATIONS = (
+    keras.activations.linear,
+    keras.activations.softmax,
+    keras.activations.log_softmax,
+)
+GUIDED_SUPPORTED = (
+    "ReLU, ReLU6 / ReLU(max_value=...), ReLU(negative_slope=..., threshold=...), LeakyReLU "
+    "and the activations relu, relu6, leaky_relu"
+)
+
+
 def is_relu_layer(layer: keras.layers.Layer) -> bool:
-    """Whether the layer's output is a plain ReLU max(z, 0): ``ReLU()`` without slope, cap or
-    threshold, ``Activation("relu")``, or any layer built with ``activation="relu"``."""
-    if isinstance(layer, keras.layers.ReLU):
-        return not layer.negative_slope and layer.max_value is None and not layer.threshold
-    return getattr(layer, "activation", None) is keras.activations.relu
+    """Whether the layer's output is a ReLU-family activation f(z), piecewise linear and
+    non-decreasing: any ``ReLU`` layer (capped as ReLU6, with a negative slope or a threshold;
+    Keras refuses negative slopes), ``LeakyReLU``, or a layer built with ``activation="relu"``,
+    ``"relu6"`` or ``"leaky_relu"``."""
+    if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU)):
+        return True
+    return any(getattr(layer, "activation", None) is f for f in GUIDED_ACTIVATIONS)
+
+
+def _unguided_activation(layer: keras.layers.Layer) -> str | None:
+    """The name of the layer's nonlinear activation the guided rule does not cover (swish,
+    GELU, sigmoid, ELU, PReLU, ...), else None."""
+    if isinstance(layer, (keras.layers.ELU, keras.layers.PReLU)):
+        return type(layer).__name__
+    activation = getattr(layer, "activation", None)
+    if not callable(activation) or is_relu_layer(layer):
+        return None
+    if any(activation is f for f in _PLAIN_ACTIVATIONS):
+        return None
+    return getattr(activation, "__name__", type(activation).__name__)
 
 
 @tf.custom_gradient
@@ -236,18 +265,39 @@ def _positive_gradient_gate(output: tf.Tensor) -> tuple[tf.Tensor, Callable[...,
 
 
 def guided_relu_layers(classifier: Classifier) -> list[keras.layers.Layer]:
-    """The ReLU layers (see :func:`is_relu_layer`) of the classifier's Keras model, at any
-    depth, each once; InputError when the model is not Keras or has none."""
+    """The ReLU-family layers (see :func:`is_relu_layer`) of the classifier's Keras model, at
+    any depth, each once.
+
+    InputError when the model is not Keras, has none, or has an activation the guided rule does
+    not cover (swish, GELU, sigmoid, ...: no published guided rule; a guided pass would run
+    them plainly and give a map that is neither guided backpropagation nor the gradient).
+    """
     model = classifier.model
     if not isinstance(model, keras.Model):
         raise InputError("Guided backpropagation needs a Keras model inside the Classifier.")
-    relus = {id(layer): layer for layer in all_layers(model) if is_relu_layer(layer)}
+    layers = {id(layer): layer for layer in all_layers(model)}.values()
+    unguided: dict[str, list[str]] = {}
+    for layer in layers:
+        name = _unguided_activation(layer)
+        if name is not None:
+            unguided.setdefault(name, []).append(layer.name)
+    if unguided:
+        found = "; ".join(
+            f"{name} ({len(names)} layer{'s' * (len(names) > 1)}, e.g. {names[0]!r})"
+            for name, names in unguided.items()
+        )
+        raise InputError(
+            f"Guided backpropagation is defined for {GUIDED_SUPPORTED}; model {model.name!r} "
+            f"also has {found}, which have no guided rule. Use the gradient, SmoothGrad or "
+            "integrated gradients methods instead."
+        )
+    relus = [layer for layer in layers if is_relu_layer(layer)]
     if not relus:
         raise InputError(
-            f"Model {model.name!r} has no ReLU layer, so guided backpropagation would be the "
-            "plain gradient; use the gradient method instead."
+            f"Model {model.name!r} has no ReLU layer ({GUIDED_SUPPORTED}), so guided "
+            "backpropagation would be the plain gradient; use the gradient method instead."
         )
-    return list(relus.values())
+    return relus
 
 
 def guided_input_gradients(
@@ -260,13 +310,17 @@ def guided_input_gradients(
 ) -> InputGradients:
     """Guided-backpropagation "gradient" (Springenberg et al. 2015) w.r.t. the input x.
 
-    Backward through every ReLU layer (see :func:`guided_relu_layers`), only the positive part
-    of the incoming gradient at positive activations passes:
-    ``g_in = g_out * [z > 0] * [g_out > 0]``; all other layers backpropagate as usual, so this
-    is not the gradient of anything. ReLUs applied by code other than a Keras layer's output
-    backpropagate plainly. The forward pass (logits, objective) is the ordinary one; the
-    layers are patched only for this thread and only while it runs (see
-    :func:`_patch_layer_calls`).
+    Backward through every ReLU-family layer ``a = f(z)`` (see :func:`guided_relu_layers`),
+    only the positive part of the incoming gradient passes, times the layer's own derivative:
+    ``g_in = f'(z) * max(g_out, 0)``. For ReLU this is Springenberg et al.'s rule
+    ``g_out * [z > 0] * [g_out > 0]``; for ReLU6 ``g_out * [0 < z < 6] * [g_out > 0]`` (only
+    where the input is in the active range); for a slope a >= 0 below zero (LeakyReLU)
+    ``g_out * (1 if z > 0 else a) * [g_out > 0]``. Since f' >= 0 for all of them, this equals
+    ``max(f'(z) * g_out, 0)``, the positive part of the plain backward pass, as for ReLU. All
+    other layers backpropagate as usual, so this is not the gradient of anything. ReLUs applied
+    by code other than a Keras layer's output backpropagate plainly. The forward pass (logits,
+    objective) is the ordinary one; the layers are patched only for this thread and only while
+    it runs (see :func:`_patch_layer_calls`).
     """
     layers = guided_relu_layers(classifier)
     with _patch_layer_calls(layers, lambda _, output: _positive_gradient_gate(output)):

@@ -321,8 +321,9 @@ def explain_folder(
             :func:`~robustkit.runs.attack_folder`.
         method: a name of :data:`robustkit.saliency.METHODS` or an alias ("ig", "gradcam",
             ...), several (a list or a comma-separated string) or "all" (every method that
-            can explain the model: guided backpropagation needs ReLU layers, the CAM methods a
-            convolution; the others are left out with a logged warning).
+            can explain the model: guided backpropagation needs ReLU-family layers (ReLU,
+            ReLU6, LeakyReLU) and no other nonlinear activation, the CAM methods a convolution;
+            the others are left out with a logged warning).
         target: the class explained: "predicted", "label" (the true label) or a class index
             or name.
         render: how heatmaps and overlays are drawn (CAM maps, non-negative, always

@@ -88,8 +88,9 @@ def resolve_methods(method: str | Sequence[str]) -> list[str]:
 def applicable_methods(
     classifier: Classifier, methods: Sequence[str], options: dict[str, dict[str, Any]]
 ) -> list[str]:
-    """The methods that can explain ``classifier`` (guided backpropagation needs ReLU layers,
-    the CAM methods a feature-map layer); each one left out is logged with the reason."""
+    """The methods that can explain ``classifier`` (guided backpropagation needs ReLU-family
+    layers and no swish, GELU, ...; the CAM methods a feature-map layer); each one left out is
+    logged with the reason."""
     usable = []
     for method in methods:
         try:

@@ -4,7 +4,7 @@ downloaded) and real photos from scikit-image's wheel.
 Each :class:`ZooModel` says how to build one model, how pixels in [0, 1] reach it (the
 :class:`~robustkit.models.Preprocessing` its Keras application expects, or a scale into the
 preprocessing layers it carries) and what the library must find in it (the layer Grad-CAM
-reads, whether it has ReLU layers for guided backpropagation).
+reads, whether guided backpropagation applies to it).
 
 Random weights give vanishing or exploding activations in deep networks with BatchNorm in
 inference mode; :func:`calibrate_batch_norm` sets every moving statistic to the statistics of
@@ -129,7 +129,8 @@ class ZooModel:
         preprocessing: pixels in [0, 1] to the model's input units, in-graph.
         last_conv: the layer Grad-CAM must pick by default (the model's last 2-D convolution,
             at any depth).
-        has_relu: whether it has plain ReLU layers (guided backpropagation runs; else refused).
+        guided: whether guided backpropagation applies: ReLU-family layers (ReLU, ReLU6) and
+            no other nonlinear activation (else refused).
         declared_shape: whether the model declares its input shape (a subclassed one does not;
             the Classifier is then given ``input_shape``).
     """
@@ -139,7 +140,7 @@ class ZooModel:
     build: Callable[[], keras.Model]
     preprocessing: Preprocessing
     last_conv: str
-    has_relu: bool
+    guided: bool
     declared_shape: bool = True
 
     @property
@@ -257,10 +258,10 @@ ZOO: dict[str, ZooModel] = {
             resnet50,
             Preprocessing(scale=255, mean=CAFFE_MEAN_RGB),
             "conv5_block3_3_conv",
-            has_relu=True,
+            guided=True,
         ),
         ZooModel(
-            "mobilenet_v2", 64, mobilenet_v2, Preprocessing(scale=2, offset=-1), "Conv_1", False
+            "mobilenet_v2", 64, mobilenet_v2, Preprocessing(scale=2, offset=-1), "Conv_1", True
         ),
         ZooModel(
             "efficientnet_b0", 32, efficientnet_b0, Preprocessing(scale=255), "top_conv", False
@@ -271,16 +272,16 @@ ZOO: dict[str, ZooModel] = {
             convnext_tiny,
             Preprocessing(scale=255),
             "convnext_tiny_stage_3_block_2_depthwise_conv",
-            has_relu=False,
+            guided=False,
         ),
-        ZooModel("fine_tuned", 64, fine_tuned, Preprocessing(scale=255), "Conv_1", False),
+        ZooModel("fine_tuned", 64, fine_tuned, Preprocessing(scale=255), "Conv_1", True),
         ZooModel(
             "subclassed",
             32,
             subclassed,
             Preprocessing(mean=0.5, std=0.25),
             "block_conv",
-            has_relu=True,
+            guided=True,
             declared_shape=False,
         ),
     )

@@ -276,6 +276,38 @@ def test_method_all_leaves_out_what_the_model_cannot_do(small_folder, tmp_path):
     assert named.exit_code == 2 and "no ReLU layer" in named.output  # asked for by name
 
 
+def test_guided_backprop_by_name_runs_on_relu6_and_is_refused_on_swish(small_folder, tmp_path):
+    """--method guided on a ReLU6 CNN writes the API's guided maps (the rule itself is checked
+    against NumPy in test_sal_guided); on a swish CNN it is refused naming what is supported."""
+
+    def saved(activation: keras.layers.Layer, name: str) -> Path:
+        keras.utils.set_random_seed(7)
+        model = keras.Sequential(
+            [
+                keras.Input((SMALL, SMALL, 1)),
+                keras.layers.Conv2D(4, 3, padding="same", name="conv"),
+                activation,
+                keras.layers.Flatten(),
+                keras.layers.Dense(3),
+            ]
+        )
+        model.save(tmp_path / f"{name}.keras")
+        return tmp_path / f"{name}.keras"
+
+    relu6 = saved(keras.layers.ReLU(max_value=6.0), "relu6")
+    out = tmp_path / "guided"
+    result = invoke(relu6, small_folder, "--method", "guided", "--out", out)
+    assert result.exit_code == 0, result.output
+    rows = read_report(out)["images"]
+    expected = attribute(load_classifier(relu6), pixels_of(small_folder, rows), "guided_backprop")
+    maps = np.stack([np.load(out / row["methods"]["guided_backprop"]["map"]) for row in rows])
+    np.testing.assert_allclose(maps, expected.maps, rtol=1e-5, atol=1e-7)
+    swish = saved(keras.layers.Activation("swish", name="swish"), "swish")
+    refused = invoke(swish, small_folder, "--method", "guided", "--out", tmp_path / "refused")
+    assert refused.exit_code == 2
+    assert "defined for ReLU, ReLU6" in refused.output and "silu (1 layer" in refused.output
+
+
 def test_metrics_per_image_and_their_means_per_method(relu_model_path, small_folder, tmp_path):
     out = tmp_path / "metrics"
     result = invoke(

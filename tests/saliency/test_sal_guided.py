@@ -1,5 +1,7 @@
-"""Guided backpropagation against the hand-derived rule, SquareGrad and VarGrad as the SmoothGrad
-aggregations, every method reached by name, and no retracing in the new methods."""
+"""Guided backpropagation against the hand-derived rule (ReLU, ReLU6, leaky slopes; MobileNetV2
+against a twin with the rule written out), refused where no guided rule exists; SquareGrad and
+VarGrad as the SmoothGrad aggregations, every method reached by name, and no retracing in the
+new methods."""
 
 import threading
 from typing import ClassVar
@@ -15,10 +17,11 @@ from robustkit.gradients import (
     _positive_gradient_gate,
     all_layers,
     guided_input_gradients,
+    guided_relu_layers,
     input_gradients,
     is_relu_layer,
 )
-from robustkit.models import Classifier
+from robustkit.models import Classifier, Preprocessing
 from robustkit.saliency import (
     METHODS,
     attribute,
@@ -107,22 +110,127 @@ def test_the_guided_gate_ignores_other_threads() -> None:
     np.testing.assert_allclose(guided, hand_derived(model, X, 1, True), atol=1e-6)
 
 
-def test_guided_backprop_needs_relu_layers_of_a_keras_model() -> None:
-    linear = Classifier(
-        keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
-    )
-    with pytest.raises(InputError, match="no ReLU layer"):
-        guided_backprop(linear, X)
-    leaky = keras.Sequential(
+def capped_net() -> keras.Model:
+    """Flatten -> Dense(6) -> ReLU(max_value=6) -> Dense(5, relu6) -> Dense(4) ->
+    ReLU(negative_slope=0.1, max_value=4) -> Dense(4) -> LeakyReLU(0.3) -> Dense(3,
+    leaky_relu) -> Dense(2), with kernels large enough that pre-activations fall below 0,
+    inside the active range and above the cap (kernels N(0, 4), biases U(-1, 3))."""
+    layers = keras.layers
+    model = keras.Sequential(
         [
             keras.Input((2, 2, 1)),
-            keras.layers.Flatten(),
-            keras.layers.ReLU(negative_slope=0.1),
-            keras.layers.Dense(2),
+            layers.Flatten(),
+            layers.Dense(6, name="d1"),
+            layers.ReLU(max_value=6, name="relu6_layer"),
+            layers.Dense(5, activation="relu6", name="d2"),
+            layers.Dense(4, name="d3"),
+            layers.ReLU(negative_slope=0.1, max_value=4, name="capped_leaky"),
+            layers.Dense(4, name="d4"),
+            layers.LeakyReLU(negative_slope=0.3, name="leaky"),
+            layers.Dense(3, activation="leaky_relu", name="d5"),
+            layers.Dense(2, name="d6"),
         ]
     )
-    with pytest.raises(InputError, match="no ReLU layer"):
-        guided_backprop(Classifier(leaky), X)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            kernel, bias = layer.get_weights()
+            layer.set_weights([rng.normal(0, 4, kernel.shape), rng.uniform(-1, 3, bias.shape)])
+    return model
+
+
+# (f, f') of each activation of capped_net, after Dense layers d1, d2, d3, d4 and d5.
+ACTIVATIONS = (
+    (lambda z: np.clip(z, 0, 6), lambda z: ((z > 0) & (z < 6)).astype(float)),
+    (lambda z: np.clip(z, 0, 6), lambda z: ((z > 0) & (z < 6)).astype(float)),
+    (
+        lambda z: np.where(z < 0, 0.1 * z, np.minimum(z, 4)),
+        lambda z: np.where(z < 0, 0.1, (z < 4).astype(float)),
+    ),
+    (lambda z: np.where(z < 0, 0.3 * z, z), lambda z: np.where(z < 0, 0.3, 1.0)),
+    (lambda z: np.where(z < 0, 0.2 * z, z), lambda z: np.where(z < 0, 0.2, 1.0)),  # default 0.2
+)
+
+
+def capped_by_hand(model: keras.Model, x: np.ndarray, target: int, guided: bool):
+    """Forward and backward in NumPy (float64): through a = f(z), the gradient g becomes
+    f'(z) g (vanilla) or f'(z) max(g, 0) (guided). Returns (map, logits, pre-activations)."""
+    dense = [model.get_layer(f"d{i}").get_weights() for i in range(1, 7)]
+    a, pre = x.reshape(len(x), -1).astype(np.float64), []
+    for (kernel, bias), (f, _) in zip(dense[:-1], ACTIVATIONS, strict=True):
+        pre.append(a @ kernel + bias)
+        a = f(pre[-1])
+    logits = a @ dense[-1][0] + dense[-1][1]
+    g = np.tile(dense[-1][0][:, target], (len(x), 1))
+    backward = zip(dense[:-1], ACTIVATIONS, pre, strict=True)
+    for (kernel, _), (_, derivative), z in reversed(list(backward)):
+        g = derivative(z) * (np.maximum(g, 0) if guided else g) @ kernel.T
+    return g.reshape(x.shape), logits, pre
+
+
+def test_guided_backprop_through_relu6_and_leaky_relus_is_the_hand_rule() -> None:
+    """ReLU6 passes back only where 0 < z < 6 and the incoming gradient is positive; a slope
+    below zero scales what passes there; the vanilla gradient is the same recursion ungated."""
+    keras.utils.set_random_seed(6)
+    model = capped_net()
+    classifier = Classifier(model)
+    x = np.random.default_rng(7).random((32, 2, 2, 1), dtype=np.float32)
+    _, logits, pre = capped_by_hand(model, x, 0, guided=True)
+    np.testing.assert_allclose(classifier.logits(x).numpy(), logits, rtol=1e-5)
+    for z, cap in zip(pre, (6, 6, 4, None, None), strict=True):  # every branch is exercised
+        assert (z < 0).any() and (z > 0).any() and (cap is None or (z > cap).any())
+    names = [layer.name for layer in guided_relu_layers(classifier)]
+    assert names == ["relu6_layer", "d2", "capped_leaky", "leaky", "d5"]
+    for target in (0, 1):
+        guided = guided_backprop(classifier, x, target).maps
+        expected = capped_by_hand(model, x, target, guided=True)[0]
+        np.testing.assert_allclose(guided, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+        vanilla = attribute(classifier, x, "gradient", target).maps
+        plain = capped_by_hand(model, x, target, guided=False)[0]
+        np.testing.assert_allclose(vanilla, plain, rtol=1e-4, atol=1e-6 * np.abs(plain).max())
+        assert np.abs(guided - vanilla).max() > 0.1 * np.abs(vanilla).max()  # the gate acts
+
+
+def small_dense(*layers: keras.layers.Layer) -> keras.Model:
+    return keras.Sequential(
+        [keras.Input((2, 2, 1)), keras.layers.Flatten(), *layers, keras.layers.Dense(2)]
+    )
+
+
+SUPPORTED = r"Guided backpropagation is defined for ReLU, ReLU6 / ReLU\(max_value=...\)"
+
+
+@pytest.mark.parametrize(
+    ("layers", "named"),
+    [
+        ((keras.layers.Dense(3, activation="swish", name="s"),), r"silu \(1 layer, e.g. 's'\)"),
+        (
+            (keras.layers.Dense(3, activation="relu"), keras.layers.Activation("gelu", name="g")),
+            r"gelu \(1 layer, e.g. 'g'\)",
+        ),
+        (
+            (keras.layers.ReLU(), keras.layers.ELU(name="e"), keras.layers.PReLU(name="p")),
+            r"ELU \(1 layer, e.g. 'e'\); PReLU \(1 layer, e.g. 'p'\)",
+        ),
+        (
+            (keras.layers.Dense(3, activation="tanh", name="t1"), keras.layers.Dense(3, "tanh")),
+            r"tanh \(2 layers, e.g. 't1'\)",
+        ),
+    ],
+)
+def test_guided_backprop_refuses_activations_without_a_guided_rule(layers, named) -> None:
+    """Swish, GELU, ELU, PReLU, tanh: refused, naming what is supported and what was found,
+    even beside ReLU layers (a guided pass would run them plainly: neither guided nor the
+    gradient)."""
+    classifier = Classifier(small_dense(*layers))
+    with pytest.raises(InputError, match=SUPPORTED + r".*" + named + r".*no guided rule"):
+        guided_backprop(classifier, X)
+
+
+def test_guided_backprop_needs_relu_layers_of_a_keras_model() -> None:
+    linear = Classifier(small_dense())
+    with pytest.raises(InputError, match=r"no ReLU layer \(ReLU, ReLU6"):
+        guided_backprop(linear, X)
     function = Classifier(
         lambda images, training=False: tf.reshape(images, (-1, 4))[:, :2],
         input_shape=(2, 2, 1),
@@ -130,6 +238,80 @@ def test_guided_backprop_needs_relu_layers_of_a_keras_model() -> None:
     )
     with pytest.raises(InputError, match="Keras model"):
         guided_backprop(function, X)
+    softmax_head = small_dense(keras.layers.Dense(3, activation="relu"))
+    head = keras.Sequential([softmax_head, keras.layers.Activation("softmax")])
+    assert len(guided_relu_layers(Classifier(head))) == 1  # the output's softmax is no obstacle
+
+
+class GuidedReLU6(keras.layers.Layer):
+    """ReLU6 whose backward pass is the guided rule written out, g [0 < z < 6] [g > 0]."""
+
+    def call(self, z: tf.Tensor) -> tf.Tensor:
+        @tf.custom_gradient
+        def guided(z: tf.Tensor):
+            def backward(g: tf.Tensor) -> tf.Tensor:
+                active = tf.cast((z > 0) & (z < 6), g.dtype)
+                return g * active * tf.cast(g > 0, g.dtype)
+
+            return tf.clip_by_value(z, 0.0, 6.0), backward
+
+        return guided(z)
+
+
+def guided_twin(model: keras.Model) -> keras.Model:
+    """A copy of the model (same weights) with every ReLU layer, all ReLU6, made a GuidedReLU6:
+    its plain gradient is guided backpropagation by an independent route."""
+    relus = [layer for layer in all_layers(model) if is_relu_layer(layer)]
+    assert relus and all(
+        isinstance(layer, keras.layers.ReLU) and layer.max_value == 6 for layer in relus
+    )
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, keras.layers.ReLU):
+            return GuidedReLU6(name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    twin = keras.models.clone_model(model, clone_function=clone)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def inverted_residual() -> keras.Model:
+    """A MobileNetV2 block on 6x6x3: 1x1 expansion, BatchNorm, ReLU6, depthwise 3x3,
+    BatchNorm, ReLU6, linear 1x1 projection, BatchNorm, residual sum; a pooled dense head."""
+    layers = keras.layers
+    image = keras.Input((6, 6, 3))
+    h = layers.ReLU(6.0)(layers.BatchNormalization()(layers.Conv2D(12, 1)(image)))
+    h = layers.ReLU(6.0)(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same")(h)))
+    h = layers.Add()([image, layers.BatchNormalization()(layers.Conv2D(3, 1)(h))])
+    return keras.Model(image, layers.Dense(3)(layers.GlobalAveragePooling2D()(h)))
+
+
+def mobilenet_v2() -> keras.Model:
+    """MobileNetV2 (alpha 0.35, random weights) at 32x32 with its softmax top."""
+    return keras.applications.MobileNetV2(
+        weights=None, alpha=0.35, input_shape=(32, 32, 3), classes=3
+    )
+
+
+@pytest.mark.parametrize("build", [inverted_residual, mobilenet_v2])
+def test_guided_backprop_on_relu6_networks_is_the_written_out_rule(build) -> None:
+    """On an inverted-residual block and on MobileNetV2 (35 ReLU6 layers, a softmax head
+    unwrapped to logits), the guided map is the plain gradient of the GuidedReLU6 twin."""
+    keras.utils.set_random_seed(8)
+    model = build()
+    shape = model.input_shape[1:]
+    classifier = Classifier(model, preprocessing=Preprocessing(scale=2, offset=-1))
+    twin = classifier.with_model(guided_twin(model))
+    x = np.random.default_rng(9).random((2, *shape), dtype=np.float32)
+    result = guided_backprop(classifier, x, 1)
+    y = tf.constant([1, 1])
+    expected = input_gradients(twin, x, y, loss="logit").gradient.numpy()
+    scale = np.abs(expected).max()
+    assert scale > 0 and np.mean(result.maps != 0) > 0.5
+    np.testing.assert_allclose(result.maps, expected, rtol=1e-4, atol=1e-6 * scale)
+    vanilla = attribute(classifier, x, "gradient", 1).maps
+    assert np.abs(result.maps - vanilla).max() > 0.05 * scale  # the residual sum is ungated
 
 
 @pytest.mark.parametrize(("method", "aggregation"), [(square_grad, "square"), (vargrad, "vargrad")])
