@@ -5,8 +5,9 @@ Every gradient comes from :func:`robustkit.gradients.input_gradients` (guided ba
 :func:`robustkit.gradients.guided_input_gradients`). One call runs as one
 ``tf.function``: a forward pass over the images (predictions, f(x)), then all
 images × steps (or samples) gradients in chunks of ``internal_batch_size`` (see
-:mod:`robustkit.saliency.engine`). The compiled function takes batches of any size, any number
-of steps or samples and any chunk size without retracing.
+:mod:`robustkit.saliency.engine`); the single-gradient methods take the predictions, f(x) and
+the gradient from one forward and one backward pass per chunk. The compiled function takes
+batches of any size, any number of steps or samples and any chunk size without retracing.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from robustkit.saliency.attribution import Attribution
 from robustkit.saliency.baselines import DEFAULT_BLUR_SIGMA, make_baseline
 from robustkit.saliency.engine import (
     DEFAULT_INTERNAL_BATCH_SIZE,
+    SCALAR_INT,
     build_attribution,
     check_classifier,
     chunked_logits,
     common_options,
     compiled,
     explained,
+    fill_predicted,
     get_objective,
     image_spec,
     prepare_inputs,
@@ -40,15 +43,52 @@ from robustkit.saliency.masks import point_keys
 from robustkit.saliency.quadrature import quadrature
 
 AGGREGATIONS = ("mean", "abs", "square", "vargrad")
+# The per-image sums over noisy copies each SmoothGrad aggregation needs, and their summands.
+AGGREGATION_SUMS = {
+    "mean": ("gradient",),
+    "abs": ("abs",),
+    "square": ("square",),
+    "vargrad": ("gradient", "square"),
+}
+SUMMANDS = {"gradient": lambda g: g, "abs": tf.abs, "square": tf.square}
 
 
-def _path_function(
-    classifier: Classifier, objective: LossFunction, baseline_score: bool, guided: bool
-) -> Any:
-    """Compiled ``(x, baseline, alphas, weights, targets, chunk)`` ->
-    (logits, targets, f(x), f(baseline) or zeros, sum_j w_j grad f(x' + alpha_j (x - x'))),
-    with guided-backpropagation gradients when ``guided``."""
+def _gradient_function(classifier: Classifier, objective: LossFunction, guided: bool) -> Any:
+    """Compiled ``(x, targets, chunk)`` -> (grad f(x), logits, targets, f(x)), with
+    guided-backpropagation gradients when ``guided``: the logits, the resolved targets (see
+    :func:`fill_predicted`) and the gradient come from one forward and one backward pass per
+    chunk of images, f(x) from those logits."""
     taped_gradients = guided_input_gradients if guided else input_gradients
+
+    def resolved_objective(logits: tf.Tensor, codes: tf.Tensor) -> tf.Tensor:
+        return objective(logits, fill_predicted(codes, logits))
+
+    def run(x, targets, chunk):
+        n = tf.shape(x)[0]
+
+        def contributions(image_index, _):
+            codes = tf.gather(targets, image_index)
+            result = taped_gradients(
+                classifier, tf.gather(x, image_index), codes, loss=resolved_objective
+            )
+            return result.gradient, result.logits, fill_predicted(codes, result.logits)
+
+        accumulators = (
+            tf.zeros_like(x),
+            tf.zeros((n, classifier.num_classes)),
+            tf.zeros((n,), tf.int32),
+        )
+        gradient, logits, targets = sum_over_points(n, 1, chunk, contributions, accumulators)
+        # f(x) on the whole batch, as the other methods take it (log_softmax bits depend on shape)
+        return gradient, logits, targets, objective(logits, targets)
+
+    signature = [image_spec(classifier), tf.TensorSpec((None,), tf.int32), SCALAR_INT]
+    return tf.function(run, input_signature=signature)
+
+
+def _path_function(classifier: Classifier, objective: LossFunction, baseline_score: bool) -> Any:
+    """Compiled ``(x, baseline, alphas, weights, targets, chunk)`` ->
+    (logits, targets, f(x), f(baseline) or zeros, sum_j w_j grad f(x' + alpha_j (x - x')))."""
 
     def run(x, baseline, alphas, weights, targets, chunk):
         logits, targets, score = explained(classifier, objective, x, targets, chunk)
@@ -57,7 +97,7 @@ def _path_function(
             start = tf.gather(baseline, image_index)
             alpha = tf.reshape(tf.gather(alphas, step_index), (-1, 1, 1, 1))
             point = start + alpha * (tf.gather(x, image_index) - start)
-            gradient = taped_gradients(
+            gradient = input_gradients(
                 classifier, point, tf.gather(targets, image_index), loss=objective
             ).gradient
             return (tf.reshape(tf.gather(weights, step_index), (-1, 1, 1, 1)) * gradient,)
@@ -84,10 +124,11 @@ def _path_function(
     return tf.function(run, input_signature=signature)
 
 
-def _noise_function(classifier: Classifier, objective: LossFunction) -> Any:
+def _noise_function(classifier: Classifier, objective: LossFunction, sums: tuple[str, ...]) -> Any:
     """Compiled ``(x, sigma, samples, seed, first_index, targets, chunk)`` -> (logits, targets,
-    f(x), sum g, sum |g|, sum g²) over gradients g at x + sigma * noise; the noise of sample j
-    of image i is fixed by the seed, first_index + i and j alone (:func:`point_keys`)."""
+    f(x), then one per-image sum per name in ``sums`` (see :data:`SUMMANDS`: of g, |g| or g²))
+    over gradients g at x + sigma * noise; the noise of sample j of image i is fixed by the
+    seed, first_index + i and j alone (:func:`point_keys`)."""
 
     def run(x, sigma, samples, seed, first_index, targets, chunk):
         logits, targets, score = explained(classifier, objective, x, targets, chunk)
@@ -99,11 +140,11 @@ def _noise_function(classifier: Classifier, objective: LossFunction) -> Any:
             gradient = input_gradients(
                 classifier, point, tf.gather(targets, image_index), loss=objective
             ).gradient
-            return gradient, tf.abs(gradient), tf.square(gradient)
+            return tuple(SUMMANDS[name](gradient) for name in sums)
 
-        zeros = tf.zeros_like(x)
-        sums = sum_over_points(tf.shape(x)[0], samples, chunk, contributions, (zeros, zeros, zeros))
-        return (logits, targets, score, *sums)
+        zeros = tuple(tf.zeros_like(x) for _ in sums)
+        totals = sum_over_points(tf.shape(x)[0], samples, chunk, contributions, zeros)
+        return (logits, targets, score, *totals)
 
     signature = [
         image_spec(classifier),
@@ -127,12 +168,11 @@ def _integrate(
     chunk: tf.Tensor,
     objective: str | LossFunction,
     baseline_score: bool,
-    guided: bool = False,
 ) -> tuple[np.ndarray, ...]:
     function = compiled(
         classifier,
-        ("path", objective, baseline_score, guided),
-        lambda: _path_function(classifier, get_objective(objective), baseline_score, guided),
+        ("path", objective, baseline_score),
+        lambda: _path_function(classifier, get_objective(objective), baseline_score),
     )
     results = function(
         x,
@@ -180,18 +220,12 @@ def _single_gradient(
 ) -> Attribution:
     """The vanilla (or guided-backpropagation) gradient at x, as an Attribution."""
     classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
-    logits, targets, score, _, gradients = _integrate(
+    function = compiled(
         classifier,
-        x,
-        tf.zeros_like(x),
-        np.ones(1),
-        np.ones(1),
-        targets,
-        chunk,
-        objective,
-        baseline_score=False,
-        guided=guided,
+        ("gradient", objective, guided),
+        lambda: _gradient_function(classifier, get_objective(objective), guided),
     )
+    gradients, logits, targets, score = (r.numpy() for r in function(x, targets, chunk))
     method = "guided_backprop" if guided else "gradient"
     options = common_options(objective, chunk)
     return build_attribution(method, gradients, logits, targets, score, options)
@@ -272,10 +306,11 @@ def smoothgrad(
     samples = positive_int(samples, "samples")
     classifier, x, targets, chunk = prepare_inputs(classifier, x, target, internal_batch_size)
     low, high = classifier.bounds
+    sums = AGGREGATION_SUMS[aggregation]
     function = compiled(
         classifier,
-        ("noise", objective),
-        lambda: _noise_function(classifier, get_objective(objective)),
+        ("noise", objective, sums),
+        lambda: _noise_function(classifier, get_objective(objective), sums),
     )
     results = function(
         x,
@@ -286,14 +321,12 @@ def smoothgrad(
         targets,
         chunk,
     )
-    logits, targets, score, total, total_abs, total_square = (r.numpy() for r in results)
-    mean = total.astype(np.float64) / samples
-    maps = {
-        "mean": lambda: mean,
-        "abs": lambda: total_abs.astype(np.float64) / samples,
-        "square": lambda: total_square.astype(np.float64) / samples,
-        "vargrad": lambda: np.maximum(total_square / samples - mean**2, 0.0),
-    }[aggregation]()
+    logits, targets, score, *totals = (r.numpy() for r in results)
+    if aggregation == "vargrad":
+        total, total_square = totals
+        maps = np.maximum(total_square / samples - (total.astype(np.float64) / samples) ** 2, 0.0)
+    else:
+        maps = totals[0].astype(np.float64) / samples
     options = {
         "noise": float(noise),
         "samples": samples,

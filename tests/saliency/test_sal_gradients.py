@@ -180,6 +180,38 @@ def test_results_do_not_depend_on_internal_batch_size(corner_cnn: Classifier) ->
                 np.testing.assert_allclose(result.delta, reference.delta, atol=1e-4)
 
 
+def test_single_gradients_share_one_forward_pass_and_are_traced_once() -> None:
+    """The gradient's compiled function calls the model once (predictions, f(x) and the
+    gradient share one forward pass per chunk); gradient × input reuses it, and later calls
+    with other batch sizes, chunk sizes and targets retrace nothing and keep the closed form."""
+    traces = []
+    weights, bias = WEIGHTS.astype(np.float32), BIAS.astype(np.float32)
+
+    def logits(images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        traces.append(1)  # Python runs only while tracing (and in the eager probe)
+        return tf.reshape(images, (-1, 12)) @ weights + bias
+
+    classifier = Classifier(logits, input_shape=(2, 2, 3), output="logits")
+    before = len(traces)
+    gradient(classifier, X[:2], internal_batch_size=3)
+    assert len(traces) == before + 1
+    expected_logits = X.reshape(6, -1).astype(np.float64) @ WEIGHTS + BIAS
+    for n, target, chunk in ((6, None, 4), (6, [3, 2, 1, 0, 1, 2], 1), (1, 2, 64)):
+        for method in (gradient, gradient_x_input):
+            result = method(classifier, X[:n], target, internal_batch_size=chunk)
+            predicted = expected_logits[:n].argmax(1)
+            targets = predicted if target is None else np.broadcast_to(target, (n,))
+            np.testing.assert_array_equal(result.target, targets)
+            np.testing.assert_array_equal(result.predicted, predicted)
+            row = WEIGHTS.T[targets].reshape(n, 2, 2, 3)
+            times = X[:n] if method is gradient_x_input else 1.0
+            np.testing.assert_allclose(result.maps, row * times, atol=1e-5)
+            np.testing.assert_allclose(
+                result.score, expected_logits[np.arange(n), targets], atol=1e-5
+            )
+    assert len(traces) == before + 1
+
+
 def test_no_retracing_across_batch_sizes_steps_chunks_and_targets() -> None:
     traces = []
 
