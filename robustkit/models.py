@@ -290,11 +290,12 @@ class Classifier:
         low, high = self.bounds
         values = x.numpy() if tf.executing_eagerly() else None
         if values is not None and values.size:
-            if not np.all(np.isfinite(values)):
+            smallest, largest = values.min(), values.max()  # a NaN or an Inf shows in these
+            if not (np.isfinite(smallest) and np.isfinite(largest)):
                 raise InputError(f"{name} contains NaN or Inf values.")
-            if values.min() < low or values.max() > high:
+            if smallest < low or largest > high:
                 raise InputError(
-                    f"{name} has values in [{values.min():g}, {values.max():g}], outside the "
+                    f"{name} has values in [{smallest:g}, {largest:g}], outside the "
                     f"classifier bounds [{low:g}, {high:g}]. Rescale the images, or set "
                     "bounds= and preprocessing= on the Classifier."
                 )
