@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from robustkit.gradients import input_gradients
+from robustkit.gradients import InputGradients, input_gradients
 from robustkit.io.mnist import load_mnist
 from robustkit.models import load_classifier
 from robustkit.saliency import integrated_gradients, smoothgrad
@@ -71,12 +71,18 @@ def interleaved(
 
 
 def compiled_limit(
-    classifier, batch: tf.Tensor, targets: tf.Tensor, passes: int, backward: bool
+    classifier,
+    batch: tf.Tensor,
+    targets: tf.Tensor,
+    passes: int,
+    backward: bool,
+    taped: Callable[..., InputGradients] = input_gradients,
 ) -> Callable[[], None]:
-    """``passes`` compiled forward passes (``backward``: forward+backward, ``input_gradients``
-    of the logit) on ``batch``: the least work a method doing that many passes can do."""
+    """``passes`` compiled forward passes (``backward``: forward+backward, ``taped`` gradients
+    of the logit: ``input_gradients`` or ``guided_input_gradients``) on ``batch``: the least
+    work a method doing that many passes can do."""
     if backward:
-        step = tf.function(lambda a, b: input_gradients(classifier, a, b, loss="logit").gradient)
+        step = tf.function(lambda a, b: taped(classifier, a, b, loss="logit").gradient)
     else:
         step = tf.function(lambda a, b: classifier.logits(a))
 

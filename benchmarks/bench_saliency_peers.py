@@ -11,7 +11,11 @@ Same models, same images, same targets and the same options on every side, in on
 * speed: images/s of each side in interleaved rounds (the ``interleaved`` helper of
   bench_saliency.py), ratio ours / peer per method and model (median over rounds, by wall and
   by CPU time); for the perturbation methods (occlusion, RISE) also the ratio to the compiled
-  forward-pass limit, the same number of forward passes on batches of the same size.
+  forward-pass limit, the same number of forward passes on batches of the same size, and for
+  the gradient methods (gradient, gradient x input, guided backpropagation, SmoothGrad, IG) to
+  the compiled forward+backward limit: one compiled input gradient of the target logit per
+  batch of BATCH of the method's points (images x samples or steps), on the same images and
+  targets (guided backpropagation: its guided gradient).
 * memory: peak bytes of TensorFlow's CPU allocator during one call, beyond what it held before,
   as IG steps, SmoothGrad samples and RISE masks grow (robustkit and Xplique).
 
@@ -70,7 +74,7 @@ from bench_saliency import DEVICE, compiled_limit, interleaved, ratios
 
 from robustkit import saliency as rk
 from robustkit.errors import InputError
-from robustkit.gradients import activation_gradients
+from robustkit.gradients import activation_gradients, guided_input_gradients, input_gradients
 from robustkit.io.mnist import load_mnist
 from robustkit.models import Classifier, load_classifier
 from robustkit.saliency.checks import salience_ranks
@@ -761,6 +765,14 @@ SPEED_METHODS = (
     "lime",
 )
 
+GRADIENT_METHODS = (
+    "gradient",
+    "gradient_x_input",
+    "guided_backprop",
+    "integrated_gradients",
+    "smoothgrad",
+)
+
 
 def forward_passes(setup: Setup, method: str, n: int) -> int:
     """Forward passes on batches of BATCH that the perturbation method's points make up
@@ -771,6 +783,29 @@ def forward_passes(setup: Setup, method: str, n: int) -> int:
     else:
         points = setup.options.rise_masks
     return n * points // BATCH
+
+
+def gradient_limit(setup: Setup, method: str, n: int) -> Callable[[], None]:
+    """The compiled forward+backward limit of a gradient method on the first n images: the
+    method's points t = i * M + j (M samples or steps per image, 1 for a single gradient) in
+    batches of BATCH, the last one partial, each one compiled input gradient of the target
+    logit at its images x[t // M] (unperturbed: the same cost) and targets; guided
+    backpropagation's guided gradient for it."""
+    per_image = {"smoothgrad": setup.options.samples, "integrated_gradients": setup.options.steps}
+    m = per_image.get(method, 1)
+    full, rest = divmod(n * m, BATCH)
+    taped = guided_input_gradients if method == "guided_backprop" else input_gradients
+    limits = []
+    for first, size, passes in ((0, BATCH, full), (n * m - rest, rest, 1)):
+        if size and passes:
+            image = np.arange(first, first + size) // m
+            batch, labels = setup.x[image], setup.target[image].astype(np.int32)
+            limits.append(
+                compiled_limit(
+                    setup.classifier, tf.constant(batch), tf.constant(labels), passes, True, taped
+                )
+            )
+    return lambda: [limit() for limit in limits]
 
 
 def speed_rows(setup: Setup, ours: Ours, peers: Peers, images: int, rounds: int) -> list[dict]:
@@ -790,6 +825,8 @@ def speed_rows(setup: Setup, ours: Ours, peers: Peers, images: int, rounds: int)
             labels = tf.constant(np.resize(setup.target, BATCH).astype(np.int32))
             passes = forward_passes(setup, method, len(x))
             runs["limit"] = compiled_limit(setup.classifier, batch, labels, passes, False)
+        if method in GRADIENT_METHODS:
+            runs["limit"] = gradient_limit(setup, method, len(x))
         try:
             times = interleaved(runs, rounds)
         except InputError as error:  # e.g. guided backpropagation on swish or GELU
