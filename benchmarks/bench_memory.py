@@ -8,7 +8,7 @@ global pooling, a dense head; random weights), a short suite (APGD-CE and APGD-T
 Linf eps 2/255 and 8/255) and checks 4 and 9, which read every image again. The child reports
 its peak resident memory (``VmHWM`` of /proc/self/status) once TensorFlow and the model are
 loaded, and at the end. Cases: 1,000 and 10,000 MNIST-size images (28x28x1), 250 (one chunk of
-4 batches of 64), 1,000 and 2,000 images of 224x224x3, and the 1,000 again with every image
+4 batches of 64), 1,000, 2,000 and 10,000 images of 224x224x3 (1.5 GB of PNGs), and the 1,000 again with every image
 read into memory first (``evaluate`` on arrays), to show what streaming saves. Memory only: the
 timings of this shared machine are not recorded.
 """
@@ -31,6 +31,7 @@ CASES = [  # (name, images, (height, width, channels), read everything into memo
     ("rgb224-250", 250, (224, 224, 3), False),
     ("rgb224-1000", 1_000, (224, 224, 3), False),
     ("rgb224-2000", 2_000, (224, 224, 3), False),
+    ("rgb224-10000", 10_000, (224, 224, 3), False),
     ("rgb224-1000-in-memory", 1_000, (224, 224, 3), True),
 ]
 CLASSES = 10
