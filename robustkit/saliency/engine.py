@@ -1,9 +1,10 @@
 """The shared machinery of every attribution method: targets, objectives, chunked loops, caching.
 
-All per-point work (steps × samples × images) runs in :func:`sum_over_points`: one
-``tf.while_loop`` over chunks of ``chunk_size`` points, so memory is bounded by the chunk size and
-not by the number of steps or samples. A point's result depends only on which image and which
-step or sample it is, not on how the points are grouped into chunks (up to float rounding).
+All per-point work (steps × samples × images) runs in :func:`over_chunks`, mostly through
+:func:`sum_over_points`: one ``tf.while_loop`` over chunks of ``chunk_size`` points, so memory is
+bounded by the chunk size and not by the number of steps or samples. A point's result depends
+only on which image and which step or sample it is, not on how the points are grouped into
+chunks (up to float rounding).
 """
 
 from __future__ import annotations
@@ -138,6 +139,26 @@ def explained(
     return logits, targets, objective(logits, targets)
 
 
+def over_chunks(
+    total: tf.Tensor,
+    chunk_size: tf.Tensor,
+    body: Callable[[tf.Tensor, Any], Any],
+    state: Any,
+) -> Any:
+    """Runs ``state = body(points, state)`` for the points 0 .. total - 1, ``chunk_size`` at a
+    time (``points`` [B] the chunk's point numbers, B <= chunk_size), and returns the last state.
+    One chunk runs at a time (``parallel_iterations=1``), so peak memory is that of one chunk."""
+
+    def step(start: tf.Tensor, state: Any) -> tuple[Any, ...]:
+        points = tf.range(start, tf.minimum(start + chunk_size, total))
+        return start + chunk_size, body(points, state)
+
+    _, state = tf.while_loop(
+        lambda start, _: start < total, step, (tf.constant(0), state), parallel_iterations=1
+    )
+    return state
+
+
 def sum_over_points(
     num_images: tf.Tensor,
     points_per_image: tf.Tensor | int,
@@ -145,34 +166,25 @@ def sum_over_points(
     contributions: Callable[[tf.Tensor, tf.Tensor], Sequence[tf.Tensor]],
     accumulators: Sequence[tf.Tensor],
 ) -> tuple[tf.Tensor, ...]:
-    """Per-image sums over points, computed ``chunk_size`` points at a time.
+    """Per-image sums over points, computed ``chunk_size`` points at a time (see
+    :func:`over_chunks`).
 
     Points are numbered t = i * M + j for image i < N and point j < M. Each chunk calls
     ``contributions(image_index [B], point_index [B])``, which returns one [B, ...] tensor per
     accumulator; rows are added to the accumulators [N, ...] at their image. Chunking changes
-    only the float rounding of these sums. One chunk runs at a time (``parallel_iterations=1``),
-    so peak memory is that of one chunk.
+    only the float rounding of these sums.
     """
-    total = num_images * points_per_image
 
-    def body(start: tf.Tensor, sums: tuple[tf.Tensor, ...]) -> tuple[Any, ...]:
-        point = tf.range(start, tf.minimum(start + chunk_size, total))
-        image_index = point // points_per_image
-        parts = contributions(image_index, point % points_per_image)
+    def body(points: tf.Tensor, sums: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, ...]:
+        image_index = points // points_per_image
+        parts = contributions(image_index, points % points_per_image)
         rows = image_index[:, None]
-        sums = tuple(
+        return tuple(
             tf.tensor_scatter_nd_add(s, rows, tf.cast(p, s.dtype))
             for s, p in zip(sums, parts, strict=True)
         )
-        return start + chunk_size, sums
 
-    _, sums = tf.while_loop(
-        lambda start, _: start < total,
-        body,
-        (tf.constant(0), tuple(accumulators)),
-        parallel_iterations=1,
-    )
-    return sums
+    return tuple(over_chunks(num_images * points_per_image, chunk_size, body, tuple(accumulators)))
 
 
 def chunked_logits(classifier: Classifier, x: tf.Tensor, chunk_size: tf.Tensor) -> tf.Tensor:

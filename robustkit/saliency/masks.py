@@ -1,8 +1,9 @@
 """Features, masks, subsets and coalitions of the perturbation methods and metrics.
 
 Every random draw is keyed by (seed, first_index + image index, point index) through
-:mod:`robustkit.seeding`, so what a point (one mask, subset or coalition of one image) draws does
-not depend on the batch or on the chunk it is computed in. The draws run in the graph, and also
+:mod:`robustkit.seeding`, so what a point (one subset or coalition of one image) draws does not
+depend on the batch or on the chunk it is computed in; RISE's masks, shared by all images as in
+the paper, are keyed by (seed, mask index) alone. The draws run in the graph, and also
 eagerly, so tests and users can look at the very masks a method used.
 """
 
@@ -26,6 +27,13 @@ def point_keys(
     images = tf.cast(first_index, tf.int64) + tf.cast(image_index, tf.int64)
     seed_words = tf.stack([tf.cast(seed, tf.int32), tf.constant(0, tf.int32)])
     return seeding.fold_in(seeding.example_keys(seed_words, images), point_index)
+
+
+def shared_keys(seed: tf.Tensor, point_index: tf.Tensor) -> tf.Tensor:
+    """Keys int32 [B, 2] of draws shared by every image (RISE's masks): points ``point_index``
+    [B] under an integer ``seed``, in a stream apart from every image's :func:`point_keys`."""
+    seed_words = tf.stack([tf.cast(seed, tf.int32), tf.constant(1, tf.int32)])
+    return seeding.example_keys(seed_words, point_index)
 
 
 def patch_shape(patch_size: Any, height: int, width: int) -> tuple[int, int]:
@@ -80,6 +88,49 @@ def feature_labels(
     return labels, counts
 
 
+def bilinear_weights(cells: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """float32 [size, cells]: row r holds the weights that ``tf.image.resize(..., "bilinear")``
+    gives the ``cells`` input samples in output sample r along one axis (half-pixel centres)."""
+    basis = tf.eye(cells)[:, :, None, None]  # ``cells`` one-hot columns [cells, 1, 1]
+    resized = tf.image.resize(basis, tf.stack([size, 1]), method="bilinear")
+    return tf.transpose(resized[:, :, 0, 0])
+
+
+def rise_draws(
+    keys: tf.Tensor, grid_size: tf.Tensor, keep_probability: tf.Tensor, height: int, width: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """What the RISE masks of keys [B, 2] draw (see :func:`rise_masks`): the kept cells
+    float32 [B, g, g] (1 kept, 0 masked; g = grid_size) and the shifts int32 [B, 2] in
+    [0, cell) of the crop, (rows, columns)."""
+    cell_rows = (height + grid_size - 1) // grid_size
+    cell_columns = (width + grid_size - 1) // grid_size
+    grid = seeding.uniform(keys, tf.stack([grid_size, grid_size])) < keep_probability
+    row_shift = seeding.integers(seeding.fold_in(keys, 1), cell_rows)
+    column_shift = seeding.integers(seeding.fold_in(keys, 2), cell_columns)
+    return tf.cast(grid, tf.float32), tf.stack([row_shift, column_shift], axis=1)
+
+
+def rise_mask_factors(
+    grid: tf.Tensor, shifts: tf.Tensor, height: int, width: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The RISE masks of draws ``grid`` [B, g, g] and ``shifts`` [B, 2] (see
+    :func:`rise_draws`) as factors: rows [B, H, g] and columns [B, W, g] with
+    mask = rows @ grid @ columns^T.
+
+    Bilinear upsampling is separable, so the upsampled, shifted and cropped grid is the binary
+    grid times the interpolation weights of the kept rows on the left and of the kept columns
+    on the right: g x g cells and two small matrices per mask instead of an upsampled image.
+    """
+    grid_size = tf.shape(grid)[1]
+    cell_rows = (height + grid_size - 1) // grid_size
+    cell_columns = (width + grid_size - 1) // grid_size
+    row_weights = bilinear_weights(grid_size, (grid_size + 1) * cell_rows)
+    column_weights = bilinear_weights(grid_size, (grid_size + 1) * cell_columns)
+    rows = tf.gather(row_weights, shifts[:, :1] + tf.range(height)[None, :])
+    columns = tf.gather(column_weights, shifts[:, 1:] + tf.range(width)[None, :])
+    return rows, columns
+
+
 def rise_masks(
     keys: tf.Tensor, grid_size: tf.Tensor, keep_probability: tf.Tensor, height: int, width: int
 ) -> tf.Tensor:
@@ -87,22 +138,12 @@ def rise_masks(
 
     Each cell of a ``grid_size`` x ``grid_size`` grid is kept with ``keep_probability``; the
     binary grid is upsampled bilinearly to (grid_size + 1) * cell pixels, cell =
-    ceil(side / grid_size), and cropped to H x W at a random shift in [0, cell) per axis.
+    ceil(side / grid_size), and cropped to H x W at a random shift in [0, cell) per axis
+    (computed from :func:`rise_mask_factors`).
     """
-    cell_rows = (height + grid_size - 1) // grid_size
-    cell_columns = (width + grid_size - 1) // grid_size
-    grid = seeding.uniform(keys, tf.stack([grid_size, grid_size])) < keep_probability
-    upsampled = tf.image.resize(
-        tf.cast(grid, tf.float32)[..., None],
-        tf.stack([(grid_size + 1) * cell_rows, (grid_size + 1) * cell_columns]),
-        method="bilinear",
-    )
-    row_shift = seeding.integers(seeding.fold_in(keys, 1), cell_rows)
-    column_shift = seeding.integers(seeding.fold_in(keys, 2), cell_columns)
-    rows = row_shift[:, None] + tf.range(height)[None, :]
-    columns = column_shift[:, None] + tf.range(width)[None, :]
-    cropped = tf.gather(upsampled, rows, axis=1, batch_dims=1)
-    return tf.gather(cropped, columns, axis=2, batch_dims=1)
+    grid, shifts = rise_draws(keys, grid_size, keep_probability, height, width)
+    rows, columns = rise_mask_factors(grid, shifts, height, width)
+    return tf.matmul(rows, tf.matmul(grid, columns, transpose_b=True))[..., None]
 
 
 def present_features(counts: tf.Tensor, max_count: tf.Tensor) -> tf.Tensor:

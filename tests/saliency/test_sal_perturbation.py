@@ -9,10 +9,17 @@ import pytest
 import tensorflow as tf
 from sal_helpers import linear_model
 
+from robustkit import seeding
 from robustkit.errors import InputError
 from robustkit.models import Classifier
 from robustkit.saliency import attribute, kernel_shap, lime, occlusion, rise
-from robustkit.saliency.masks import grid_labels, lime_coalitions, point_keys, rise_masks
+from robustkit.saliency.masks import (
+    grid_labels,
+    lime_coalitions,
+    point_keys,
+    rise_masks,
+    shared_keys,
+)
 
 RNG = np.random.default_rng(11)
 SHAPE = (4, 6, 2)  # H, W, C
@@ -45,11 +52,16 @@ def patch_sums(values: np.ndarray, patch: tuple[int, int]) -> np.ndarray:
     return sums[:, labels].reshape(values.shape)
 
 
-@pytest.mark.parametrize("baseline", ["black", 0.5])
+OWN_BASELINES = np.random.default_rng(5).random(X.shape, dtype=np.float32)  # one per image
+
+
+@pytest.mark.parametrize(
+    ("baseline", "value", "name"),
+    [("black", 0.0, "black"), (0.5, 0.5, 0.5), (OWN_BASELINES, OWN_BASELINES, "array")],
+)
 def test_occlusion_of_a_linear_model_is_each_patch_sum_of_w_times_x_minus_b(
-    linear: Classifier, baseline
+    linear: Classifier, baseline, value, name
 ) -> None:
-    value = 0.0 if baseline == "black" else baseline
     for patch in [(2, 3), (3, 4)]:  # (3, 4): the last patches are cut by the border
         result = occlusion(linear, X, 2, patch_size=patch, baseline=baseline)
         expected = patch_sums(contributions(X, value, 2), patch)
@@ -57,7 +69,7 @@ def test_occlusion_of_a_linear_model_is_each_patch_sum_of_w_times_x_minus_b(
         np.testing.assert_allclose(result.maps[..., 0], expected, atol=1e-5)
         np.testing.assert_allclose(result.score, logit(X, 2), atol=1e-5)
         assert result.options["patch_size"] == list(patch)
-        assert result.options["baseline"] == baseline
+        assert result.options["baseline"] == name
 
 
 def test_overlapping_occlusion_is_the_mean_drop_of_the_covering_windows(
@@ -85,29 +97,33 @@ def test_occlusion_rejects_patches_larger_than_the_image(linear: Classifier) -> 
 
 
 def rise_reference(
-    x: np.ndarray, target: int, samples: int, grid: int, keep: float, seed: int, first: int
+    x: np.ndarray,
+    baseline: np.ndarray,
+    target: int,
+    samples: int,
+    grid: int,
+    keep: float,
+    seed: int,
 ) -> np.ndarray:
-    """RISE of the linear model recomputed in NumPy from the very masks of each image."""
-    maps = []
-    for i, image in enumerate(x):
-        keys = point_keys(
-            tf.constant(seed),
-            tf.constant(first, tf.int64),
-            tf.fill((samples,), i),
-            tf.range(samples),
-        )
-        masks = rise_masks(keys, tf.constant(grid), tf.constant(keep), 4, 6).numpy()
-        scores = logit(masks * image, target)  # black baseline: b + m (x - b) = m x
-        maps.append((scores[:, None, None, None] * masks).sum(0) / masks.sum(0))
-    return np.stack(maps)
+    """RISE of the linear model recomputed in NumPy from the very masks, shared by all images,
+    with masked pixels showing baseline [N, H, W, C]."""
+    keys = shared_keys(tf.constant(seed), tf.range(samples))
+    masks = rise_masks(keys, tf.constant(grid), tf.constant(keep), 4, 6).numpy()
+    points = baseline[:, None] + masks[None] * (x - baseline)[:, None]  # [N, masks, H, W, C]
+    scores = logit(points, target)
+    return (scores[..., None, None, None] * masks[None]).sum(1) / masks.sum(0)
 
 
 def test_rise_is_the_mask_weighted_mean_score_recomputed_with_the_same_masks(
     linear: Classifier,
 ) -> None:
-    result = rise(linear, X, 1, samples=40, grid_size=3, keep_probability=0.4, seed=5)
-    expected = rise_reference(X, 1, 40, 3, 0.4, 5, 0)
-    np.testing.assert_allclose(result.maps, expected, rtol=1e-5, atol=1e-5)
+    own = OWN_BASELINES  # the per-image path; black and 0.5 are one baseline for all images
+    for baseline, values in [("black", np.zeros_like(X)), (0.5, np.full_like(X, 0.5)), (own, own)]:
+        result = rise(
+            linear, X, 1, samples=40, grid_size=3, keep_probability=0.4, seed=5, baseline=baseline
+        )
+        expected = rise_reference(X, values, 1, 40, 3, 0.4, 5)
+        np.testing.assert_allclose(result.maps, expected, rtol=1e-5, atol=1e-5)
     assert result.options["samples"] == 40 and result.options["seed"] == 5
 
 
@@ -123,6 +139,29 @@ def test_rise_masks_are_smooth_shifted_grids_kept_with_the_given_probability() -
     assert len(np.unique(masks.round(6))) > 10  # bilinear: not only 0 and 1
 
 
+def test_rise_masks_are_the_binary_grid_upsampled_bilinearly_and_cropped_at_the_shift() -> None:
+    """The factored masks against their definition: tf.image.resize of the kept cells to
+    (grid + 1) * cell pixels, cropped at the drawn shift."""
+    keys = shared_keys(tf.constant(2), tf.range(50))
+    for grid, height, width in [(3, 10, 10), (4, 9, 14), (7, 28, 28)]:
+        masks = rise_masks(keys, tf.constant(grid), tf.constant(0.5), height, width).numpy()
+        cells = seeding.uniform(keys, [grid, grid]).numpy() < 0.5
+        cell_rows, cell_columns = -(-height // grid), -(-width // grid)
+        shifts = zip(
+            seeding.integers(seeding.fold_in(keys, 1), cell_rows).numpy(),
+            seeding.integers(seeding.fold_in(keys, 2), cell_columns).numpy(),
+            strict=True,
+        )
+        upsampled = tf.image.resize(
+            cells[..., None].astype(np.float32),
+            ((grid + 1) * cell_rows, (grid + 1) * cell_columns),
+            method="bilinear",
+        ).numpy()
+        for mask, image, (top, left) in zip(masks, upsampled, shifts, strict=True):
+            crop = image[top : top + height, left : left + width]
+            np.testing.assert_allclose(mask, crop, atol=1e-6)
+
+
 def test_rise_streaming_seeding_and_chunking(linear: Classifier) -> None:
     whole = rise(linear, X, 0, samples=20, seed=3, internal_batch_size=7)
     again = rise(linear, X, 0, samples=20, seed=3, internal_batch_size=7)
@@ -131,11 +170,14 @@ def test_rise_streaming_seeding_and_chunking(linear: Classifier) -> None:
         rise(linear, X[i : i + 1], 0, samples=20, seed=3, first_index=i).maps for i in range(3)
     ]
     np.testing.assert_allclose(np.concatenate(parts), whole.maps, rtol=1e-5, atol=1e-6)
-    for chunk in (1, 13, 1000):
+    for chunk in (1, 2, 13, 1000):  # fewer points than images, masks split over chunks
         chunked = rise(linear, X, 0, samples=20, seed=3, internal_batch_size=chunk)
         np.testing.assert_allclose(chunked.maps, whole.maps, rtol=1e-5, atol=1e-6)
     other = rise(linear, X, 0, samples=20, seed=4).maps
     assert not np.allclose(other, whole.maps)
+    # the masks are shared: an image's map does not depend on the other images or first_index
+    alone = rise(linear, X[1:2], 0, samples=20, seed=3, first_index=9).maps
+    np.testing.assert_allclose(alone[0], whole.maps[1], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("baseline", ["black", "white"])
