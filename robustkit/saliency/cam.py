@@ -27,6 +27,7 @@ from robustkit.saliency.engine import (
     explained,
     get_objective,
     image_spec,
+    over_chunks,
     prepare_inputs,
     sum_over_points,
 )
@@ -137,8 +138,14 @@ def _score_cam_function(
             (tf.zeros(tf.concat([[n], tf.shape(probe)[1:]], 0)),),
         )
         channels = tf.shape(activations)[-1]
+        # (image, channel) pairs [P, 2] whose map varies: a constant map gives mask 0, x_k = b
+        # and w_k = f(b) - f(b) = 0, so those pairs (dead channels, 1x1 layers) need no pass
+        varying = tf.reduce_max(activations, axis=(1, 2)) > tf.reduce_min(activations, (1, 2))
+        pairs = tf.cast(tf.where(varying), tf.int32)
 
-        def contributions(image_index, channel_index):
+        def add_increases(points: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+            chosen = tf.gather(pairs, points)
+            image_index, channel_index = chosen[:, 0], chosen[:, 1]
             channel = tf.gather(
                 tf.gather(activations, image_index), channel_index, axis=3, batch_dims=1
             )
@@ -151,10 +158,10 @@ def _score_cam_function(
             increase = objective(
                 classifier.logits(point), tf.gather(targets, image_index)
             ) - tf.gather(baseline_score, image_index)
-            return (increase[:, None] * tf.one_hot(channel_index, channels),)
+            return tf.tensor_scatter_nd_add(weights, chosen, increase)
 
-        (weights,) = sum_over_points(
-            n, channels, chunk, contributions, (tf.zeros(tf.stack([n, channels])),)
+        weights = over_chunks(
+            tf.shape(pairs)[0], chunk, add_increases, tf.zeros(tf.stack([n, channels]))
         )
         cam = tf.nn.relu(tf.reduce_sum(weights[:, None, None, :] * activations, -1, keepdims=True))
         maps = tf.image.resize(cam, (height, width), method="bilinear")
@@ -180,8 +187,9 @@ def score_cam(
 
     ``x_k = b + H_k * (x - b)``, H_k the channel's map upsampled bilinearly to the image size
     and min-max normalised to [0, 1] (0 where it is constant); b the baseline (the paper: a
-    black image). One forward pass per image and channel, ``internal_batch_size`` at a time;
-    no gradients. The paper explains the probability (objective="probability").
+    black image). One forward pass per image and channel whose activation map is not constant
+    (a constant one has w_k = 0), ``internal_batch_size`` at a time; no gradients. The paper
+    explains the probability (objective="probability").
 
     Args:
         baseline: what the masked-out image shows (as for :func:`~robustkit.saliency.occlusion`).

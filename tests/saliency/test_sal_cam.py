@@ -52,24 +52,50 @@ def test_score_cam_closed_form_on_the_identity_convolution() -> None:
         np.testing.assert_allclose(result.baseline_score, 0.0, atol=1e-6)
 
 
+class CountImages(keras.layers.Layer):
+    """The identity, counting the images of every forward pass through it (in graphs too)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.images = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        self.images.assign_add(tf.cast(tf.shape(x)[0], tf.float32))
+        return x
+
+
 def strided_model(conv: np.ndarray, bias: np.ndarray, dense: np.ndarray) -> keras.Model:
-    """A 2x2 stride-2 convolution with K channels (ReLU) on 6x6x1 images, then Dense logits."""
+    """A 2x2 stride-2 convolution with K channels (ReLU) on 6x6x1 images, then Dense logits; a
+    :class:`CountImages` layer ("count") first."""
     features = keras.layers.Conv2D(conv.shape[-1], 2, strides=2, activation="relu", name="features")
     model = keras.Sequential(
-        [keras.Input((6, 6, 1)), features, keras.layers.Flatten(), keras.layers.Dense(2)]
+        [
+            keras.Input((6, 6, 1)),
+            CountImages(name="count"),
+            features,
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
     )
     features.set_weights([conv.astype(np.float32), bias.astype(np.float32)])
     model.layers[-1].set_weights([dense.astype(np.float32), np.array([0.3, -0.2], np.float32)])
     return model
 
 
-def test_score_cam_matches_a_numpy_recomputation_on_a_multichannel_layer() -> None:
+@pytest.mark.parametrize(("shift", "varying_maps"), [(0.0, 2), (10.0, 6)])
+def test_score_cam_matches_a_numpy_recomputation_on_a_multichannel_layer(
+    shift: float, varying_maps: int
+) -> None:
+    """Bias as drawn: channels 1 and 2 are 0 everywhere after the ReLU (constant: mask 0,
+    w = 0); shifted by +10 every map varies. One pass per image and channel whose map varies,
+    besides the 3n + 1 of f(x), f(b), a probe and the activations."""
     rng = np.random.default_rng(3)
     conv, bias, dense = (
         rng.normal(size=(2, 2, 1, 3)),
         rng.normal(size=3) * 0.1,
         rng.normal(size=(27, 2)),
     )
+    bias = bias + shift
     model = strided_model(conv, bias, dense)
     classifier = Classifier(model)
     x = rng.random((2, 6, 6, 1), dtype=np.float32)
@@ -81,9 +107,14 @@ def test_score_cam_matches_a_numpy_recomputation_on_a_multichannel_layer() -> No
         return activation, activation.reshape(len(images), -1) @ dense + [0.3, -0.2]
 
     activation, _ = forward(x)
+    varying = activation.max(axis=(1, 2)) > activation.min(axis=(1, 2))  # [n, K]
+    assert varying.sum() == varying_maps
     upsample = lambda a: tf.image.resize(a, (6, 6), method="bilinear").numpy()  # noqa: E731
+    counter = model.get_layer("count").images
     for target in (0, 1):
+        counter.assign(0.0)
         result = score_cam(classifier, x, target, baseline=baseline, internal_batch_size=2)
+        assert counter.numpy() == 3 * len(x) + 1 + varying.sum()
         base = forward(np.full((1, 6, 6, 1), baseline))[1][0, target]
         weights = np.zeros((2, 3))
         for k in range(3):
