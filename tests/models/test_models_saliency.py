@@ -48,6 +48,18 @@ def taped_gradient(classifier, x: np.ndarray, target: np.ndarray) -> np.ndarray:
     return tape.gradient(chosen, x).numpy()
 
 
+_TAPED: dict[tuple[str, bytes, tuple[int, ...]], np.ndarray] = {}
+
+
+def model_gradient(classifier, x: np.ndarray, target: np.ndarray, spec) -> np.ndarray:
+    """:func:`taped_gradient` of the zoo's model ``spec``, taped once per images and targets (the
+    gradient and SmoothGrad checks share it; an eager pass through a big model costs seconds)."""
+    key = (spec.name, x.tobytes(), tuple(target.tolist()))
+    if key not in _TAPED:
+        _TAPED[key] = taped_gradient(classifier, x, target)
+    return _TAPED[key]
+
+
 # Every (model, method) pair; the three heavy architectures' pairs only with ROBUSTKIT_FULL_ZOO=1
 # (each method traces a new graph of 150-250 layers: about 10 s a pair on two cores).
 LIGHT = ("fine_tuned", "subclassed")
@@ -85,7 +97,7 @@ def test_every_method_on_every_model(zoo, name, method) -> None:
 
 
 def check_gradient(classifier, x, result, spec) -> None:
-    expected = taped_gradient(classifier, x, result.target)
+    expected = model_gradient(classifier, x, result.target, spec)
     scale = np.abs(expected).max()
     np.testing.assert_allclose(result.maps, expected, atol=1e-3 * scale)
     np.testing.assert_allclose(result.score, target_logit(classifier, x, result.target), rtol=1e-3)
@@ -112,7 +124,7 @@ def check_noise_family(classifier, x, result, spec) -> None:
     variance = attribute(classifier, x, "vargrad", **options).maps
     np.testing.assert_allclose(variance, np.maximum(square - mean**2, 0), atol=1e-5 * square.max())
     noiseless = attribute(classifier, x, "smoothgrad", samples=2, noise=0.0).maps
-    gradient = taped_gradient(classifier, x, result.target)
+    gradient = model_gradient(classifier, x, result.target, spec)
     np.testing.assert_allclose(noiseless, gradient, atol=1e-3 * np.abs(gradient).max())
 
 
