@@ -5,9 +5,9 @@ the model (the last ``--validation`` of them are held back for robust early stop
 2,000 are never touched here and serve as the benchmark's held-out set.
 
 Recipe (defaults): a small CNN, a few cheap epochs of the fast method (FGSM with random start)
-while eps ramps up to 0.3, then TRADES (β = 6) with a PGD-k inner maximisation, Adam under a
-one-cycle learning rate, random 2-pixel shifts, and the weights of the best robust validation
-epoch kept at the end. Options: ``--n-fgsm`` warms up with N-FGSM instead of FGSM-RS,
+while eps ramps up to 0.3, then 30 epochs of TRADES (β = 6) with a PGD-10 inner maximisation,
+Adam under a one-cycle learning rate, random 2-pixel shifts, and the weights of the best robust
+validation epoch kept at the end. Options: ``--n-fgsm`` warms up with N-FGSM instead of FGSM-RS,
 ``--grad-align``, ``--awp`` and ``--ema`` add GradAlign, adversarial weight perturbation and
 weight averaging to the main phase, ``--method mart`` trains MART, ``--deterministic`` turns on
 op determinism. Writes ``examples/mnist_robust.keras`` (never over an existing file
@@ -19,8 +19,9 @@ temporary file and renamed, so a killed run never leaves half a file under its n
 weights and history as an uninterrupted run (the batches of each epoch depend only on the seed
 and the epoch). ``--train-count`` and ``--held-out`` use fewer digits, for quick trials.
 
-Run from the repository root: ``python examples/train_robust_mnist.py`` (about 15 minutes on
-two CPU cores), then ``python benchmarks/bench_training.py robust`` for the strong evaluation.
+Run from the repository root: ``python examples/train_robust_mnist.py`` (about 11 minutes on
+two CPU cores), then ``robustkit evaluate`` with ``--suite standard`` on the held-out digits for
+the strong evaluation (benchmarks/RESULTS.md, "The robust recipe").
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--width", type=int, default=32, help="channels of the first conv")
     parser.add_argument("--fast-epochs", type=int, default=4, help="fast-method warm-up epochs")
-    parser.add_argument("--epochs", type=int, default=18, help="TRADES (or --method) epochs")
+    parser.add_argument("--epochs", type=int, default=30, help="TRADES (or --method) epochs")
     parser.add_argument("--method", default="trades", choices=list(METHODS))
     parser.add_argument("--steps", type=int, default=10, help="PGD steps in training")
     parser.add_argument("--step-size", type=float, default=0.04)
