@@ -8,8 +8,9 @@ global pooling, a dense head; random weights), a short suite (APGD-CE and APGD-T
 Linf eps 2/255 and 8/255) and checks 4 and 9, which read every image again. The child reports
 its peak resident memory (``VmHWM`` of /proc/self/status) once TensorFlow and the model are
 loaded, and at the end. Cases: 1,000 and 10,000 MNIST-size images (28x28x1), 250 (one chunk of
-4 batches of 64), 1,000, 2,000 and 10,000 images of 224x224x3 (1.5 GB of PNGs), and the 1,000 again with every image
-read into memory first (``evaluate`` on arrays), to show what streaming saves. Memory only: the
+4 batches of 64), 1,000, 2,000 and 10,000 images of 224x224x3 (1.5 GB of PNGs), and the 1,000
+again with every image read into memory first (``evaluate`` on arrays), to show what streaming
+saves. Memory only: the
 timings of this shared machine are not recorded.
 """
 
