@@ -904,67 +904,84 @@ def memory_rows(setup: Setup, images: int) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 
 
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """One Markdown table, after a blank line: the header, its rule, then one line per row."""
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")
+
+
 def print_markdown(report: dict[str, Any]) -> None:
-    """The agreement and metric tables as Markdown (for RESULTS.md)."""
+    """The agreement, MuFidelity, memory and Deletion tables of a report, as Markdown."""
     if report.get("agreement"):
-        print("\n| model | method | peer | variant | Spearman min | Spearman median |")
-        print("|---|---|---|---|---|---|")
-        for r in report["agreement"]:
-            if "skipped" in r:
-                print(f"| {r['model']} | {r['method']} | | skipped: {r['skipped']} | | |")
-                continue
-            print(
-                f"| {r['model']} | {r['method']} | {r['peer']} | {r['variant']} | "
-                f"{r['min']:.4f} | {r['median']:.4f} |"
-            )
+        print_table(
+            ["model", "method", "peer", "variant", "Spearman min", "Spearman median"],
+            [
+                [r["model"], r["method"], "", f"skipped: {r['skipped']}", "", ""]
+                if "skipped" in r
+                else [
+                    r["model"], r["method"], r["peer"], r["variant"],
+                    f"{r['min']:.4f}", f"{r['median']:.4f}",
+                ]
+                for r in report["agreement"]
+            ],
+        )  # fmt: skip
     if report.get("mu_fidelity"):
-        print(
-            "\n| model | method | ours (Pearson) | Xplique on our subsets (Pearson) | max abs diff "
-            "| Xplique on our subsets (Spearman) | Xplique published |"
-        )
-        print("|---|---|---|---|---|---|---|")
-        for r in report["mu_fidelity"]:
-            print(
-                f"| {r['model']} | {r['method']} | {r['ours_mean']:.4f} | "
-                f"{r['xplique_pearson_mean']:.4f} | {r['max_abs_difference']:.1e} | "
-                f"{r['xplique_spearman_mean']:.4f} | {r['xplique_published_mean']:.4f} |"
-            )
+        print_table(
+            [
+                "model", "method", "ours (Pearson)", "Xplique on our subsets (Pearson)",
+                "max abs diff", "Xplique on our subsets (Spearman)", "Xplique published",
+            ],
+            [
+                [
+                    r["model"], r["method"], f"{r['ours_mean']:.4f}",
+                    f"{r['xplique_pearson_mean']:.4f}", f"{r['max_abs_difference']:.1e}",
+                    f"{r['xplique_spearman_mean']:.4f}", f"{r['xplique_published_mean']:.4f}",
+                ]
+                for r in report["mu_fidelity"]
+            ],
+        )  # fmt: skip
     if report.get("memory"):
-        print("\n| model | method | grows | robustkit extra peak MiB | Xplique extra peak MiB |")
-        print("|---|---|---|---|---|")
-        for r in report["memory"]:
-            cells = [
-                " / ".join(f"{m:.1f}" for m in r[name]) + f" (x{r[name][-1] / r[name][0]:.2f})"
-                for name in ("robustkit", "xplique")
-            ]
-            grows = f"{r['option']} " + " / ".join(str(c) for c in r["counts"])
-            print(f"| {r['model']} | {r['method']} | {grows} | {cells[0]} | {cells[1]} |")
+
+        def grown(values: list[float]) -> str:
+            return " / ".join(f"{m:.1f}" for m in values) + f" (x{values[-1] / values[0]:.2f})"
+
+        print_table(
+            ["model", "method", "grows", "robustkit extra peak MiB", "Xplique extra peak MiB"],
+            [
+                [
+                    r["model"], r["method"],
+                    f"{r['option']} " + " / ".join(str(c) for c in r["counts"]),
+                    grown(r["robustkit"]), grown(r["xplique"]),
+                ]
+                for r in report["memory"]
+            ],
+        )  # fmt: skip
     if report.get("deletion"):
-        print(
-            "\n| model | method | ours | Xplique | max abs diff | ties broken: ours | Xplique | "
-            "max abs diff |"
-        )
-        print("|---|---|---|---|---|---|---|---|")
-        for r in report["deletion"]:
-            print(
-                f"| {r['model']} | {r['method']} | {r['raw_ours_mean']:.4f} | "
-                f"{r['raw_xplique_mean']:.4f} | {r['raw_max_abs_difference']:.1e} | "
-                f"{r['tie_broken_ours_mean']:.4f} | {r['tie_broken_xplique_mean']:.4f} | "
-                f"{r['tie_broken_max_abs_difference']:.1e} |"
-            )
+        print_table(
+            [
+                "model", "method", "ours", "Xplique", "max abs diff", "ties broken: ours",
+                "Xplique", "max abs diff",
+            ],
+            [
+                [
+                    r["model"], r["method"], f"{r['raw_ours_mean']:.4f}",
+                    f"{r['raw_xplique_mean']:.4f}", f"{r['raw_max_abs_difference']:.1e}",
+                    f"{r['tie_broken_ours_mean']:.4f}", f"{r['tie_broken_xplique_mean']:.4f}",
+                    f"{r['tie_broken_max_abs_difference']:.1e}",
+                ]
+                for r in report["deletion"]
+            ],
+        )  # fmt: skip
 
 
 def print_speed_markdown(rows: list[dict[str, Any]]) -> None:
     """The speed table as Markdown: images/s per side, median per-round ratios (wall / CPU)."""
-    print(
-        "\n| model | method | robustkit img/s | Xplique img/s | ours/Xplique wall / CPU | "
-        "tf-keras-vis img/s | ours/tf-keras-vis wall / CPU | limit img/s | ours/limit "
-        "wall / CPU |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    table = []
     for r in rows:
         if "skipped" in r:
-            print(f"| {r['model']} | {r['method']} | skipped | | | | | | |")
+            table.append([r["model"], r["method"], "skipped", *[""] * 6])
             continue
         cells = [r["model"], r["method"], f"{r['robustkit_images_per_s']:.1f}"]
         for name in ("xplique", "tf-keras-vis", "limit"):
@@ -974,7 +991,15 @@ def print_speed_markdown(rows: list[dict[str, Any]]) -> None:
             cells.append(f"{r[f'{name}_images_per_s']:.1f}")
             # speed ratio = the other side's seconds / ours, per round (median)
             cells.append(f"{r[f'ours_over_{name}_wall']:.2f} / {r[f'ours_over_{name}_cpu']:.2f}")
-        print("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    print_table(
+        [
+            "model", "method", "robustkit img/s", "Xplique img/s", "ours/Xplique wall / CPU",
+            "tf-keras-vis img/s", "ours/tf-keras-vis wall / CPU", "limit img/s",
+            "ours/limit wall / CPU",
+        ],
+        table,
+    )  # fmt: skip
 
 
 def main() -> None:
