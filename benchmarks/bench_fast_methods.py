@@ -12,7 +12,10 @@ the fast budget at Linf eps 0.3 on digits 0..7999 and evaluates it on the held-o
 Reports clean and robust held-out accuracy, the training attack's accuracy per epoch (a
 collapse shows catastrophic overfitting) and the training seconds per epoch (the step only:
 no validation, no guard), as a median over the epochs after the first (which traces) and as a
-ratio to FGSM-RS. Timings are only comparable on a quiet machine.
+ratio to FGSM-RS. Timings are only comparable on a quiet machine. ``--guard stop`` (or
+``rollback``) turns the catastrophic-overfitting guard on (default off): the report then adds
+the guard's accuracies and firings per epoch, the epochs run and the wall time of the whole
+``fit`` (the guard's two attacks per epoch included).
 
 Run from the repository root, e.g. ``python benchmarks/bench_fast_methods.py --out
 benchmarks/results/fast_methods.json``; a quick check of the script itself:
@@ -82,18 +85,29 @@ def run_variant(name: str, args: argparse.Namespace, data: tuple) -> dict:
         keras.optimizers.Adam(example.one_cycle(args.lr, steps)),
         options.pop("attack"),
         method="fast",
-        overfit_guard=None,
+        overfit_guard=None if args.guard == "none" else args.guard,
         deterministic=args.deterministic,
         seed=args.seed,
         **options,
     )
+    started = time.perf_counter()
     history = trainer.fit((x_train, y_train), args.epochs, batch_size=args.batch_size)
+    fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     checks = None if args.checks == "none" else args.checks
     report = evaluate(
         Classifier(model), (x_held, y_held), Linf(args.eps), suite=args.suite, checks=checks
     )
+    guard = {
+        key: history.history[key]
+        for key in ("guard_accuracy", "guard_training_attack_accuracy", "guard_fired")
+        if key in history.history
+    }
     return {
+        "epochs_run": len(history.history["seconds"]),
+        "fit_seconds": fit_seconds,
+        "guard_events": history.events,
+        **guard,
         "seconds_per_epoch": epoch_seconds(history.history["seconds"]),
         "epoch_seconds": history.history["seconds"],
         "train_adv_accuracy": history.history["adv_accuracy"],
@@ -125,6 +139,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=2000, help="held-out digits evaluated")
     parser.add_argument("--suite", default="standard")
     parser.add_argument("--checks", default="all", help='the evaluator\'s checks, or "none"')
+    parser.add_argument("--guard", choices=("none", "stop", "rollback"), default="none")
     parser.add_argument("--deterministic", action="store_true", help="op determinism on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the JSON report here too")
