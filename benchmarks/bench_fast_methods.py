@@ -13,9 +13,9 @@ Reports clean and robust held-out accuracy, the training attack's accuracy per e
 collapse shows catastrophic overfitting) and the training seconds per epoch (the step only:
 no validation, no guard), as a median over the epochs after the first (which traces) and as a
 ratio to FGSM-RS. Timings are only comparable on a quiet machine. ``--guard stop`` (or
-``rollback``) turns the catastrophic-overfitting guard on (default off): the report then adds
-the guard's accuracies and firings per epoch, the epochs run and the wall time of the whole
-``fit`` (the guard's two attacks per epoch included).
+``rollback``, or ``monitor``, which only records) turns the catastrophic-overfitting guard on
+(default off): the report then adds the guard's accuracies and firings per epoch, the epochs run
+and the wall time of the whole ``fit`` (the guard's two attacks per epoch included).
 
 Run from the repository root, e.g. ``python benchmarks/bench_fast_methods.py --out
 benchmarks/results/fast_methods.json``; a quick check of the script itself:
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=2000, help="held-out digits evaluated")
     parser.add_argument("--suite", default="standard")
     parser.add_argument("--checks", default="all", help='the evaluator\'s checks, or "none"')
-    parser.add_argument("--guard", choices=("none", "stop", "rollback"), default="none")
+    parser.add_argument("--guard", choices=("none", "stop", "rollback", "monitor"), default="none")
     parser.add_argument("--deterministic", action="store_true", help="op determinism on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the JSON report here too")
