@@ -97,7 +97,9 @@ class AdversarialTrainer:
             drop of more than ``guard_drop``. ``"stop"`` restores the previous epoch's weights
             and stops, ``"rollback"`` restores weights and optimizer state and carries on (until
             ``max_rollbacks``), ``"monitor"`` only records it. ``"auto"``: "stop" for the fast
-            method, else off; None: off.
+            method (FGSM-RS), "monitor" for it with N-FGSM or GradAlign (their cure keeps the
+            training attack well above the validation attack while robustness still grows, so
+            the gap trigger fires on healthy runs: benchmarks/RESULTS.md), else off; None: off.
         seed: seed of the training attack's random starts (and of a validation suite's).
 
     Build the trainer inside a ``tf.distribute`` strategy's scope to train and validate under it.
@@ -135,7 +137,8 @@ class AdversarialTrainer:
         )
         awp = check_radius(awp)
         if overfit_guard == "auto":
-            overfit_guard = "stop" if method == "fast" else None
+            cured = n_fgsm is not None or grad_align > 0
+            overfit_guard = ("monitor" if cured else "stop") if method == "fast" else None
         if deterministic:
             tf.config.experimental.enable_op_determinism()
         self.classifier = trainable_classifier(model)

@@ -140,6 +140,23 @@ def test_bad_fast_options_are_refused() -> None:
         AdversarialTrainer(model, keras.optimizers.SGD(0.1), attack, awp=float("nan"))
 
 
+def test_the_automatic_guard_stops_plain_fgsm_rs_and_watches_the_cured_fast_methods() -> None:
+    """'auto' stops the plain fast method, only records for N-FGSM and GradAlign (whose
+    training attack stays well above the validation attack on healthy runs), is off else."""
+    attack = PGD("linf", 0.1)
+
+    def automatic_action(**options) -> str | None:
+        model = linear_model(W, B, (2, 2, 1))
+        trainer = AdversarialTrainer(model, keras.optimizers.SGD(0.1), attack, **options)
+        return None if trainer.guard is None else trainer.guard.action
+
+    assert automatic_action(method="fast") == "stop"
+    assert automatic_action(method="fast", n_fgsm=NFGSM()) == "monitor"
+    assert automatic_action(method="fast", grad_align=0.2) == "monitor"
+    assert automatic_action(method="fast", grad_align=0.2, overfit_guard="stop") == "stop"
+    assert automatic_action(method="pgd") is None and automatic_action(method="trades") is None
+
+
 # ------------------------------------------------------------------------------ GradAlign
 
 
