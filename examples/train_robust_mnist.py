@@ -10,10 +10,11 @@ Adam under a one-cycle learning rate, random 2-pixel shifts, and the weights of 
 validation epoch (APGD-CE, 20 steps, on the validation digits) kept at the end. Options:
 ``--n-fgsm`` warms up with N-FGSM instead of FGSM-RS, ``--grad-align``, ``--awp`` and ``--ema``
 add GradAlign, adversarial weight perturbation and weight averaging to the main phase,
-``--method mart`` trains MART. Op determinism is on (the same seed gives the same model from one
-process to the next, at no measurable cost here); ``--no-deterministic`` turns it off. Writes
-``examples/mnist_robust.keras`` (never over an existing file unless ``--overwrite``) and, just
-before it, a JSON history next to it; each is written to a temporary file and renamed, so a
+``--method mart`` trains MART, ``--lr-cycles 3`` uses a cyclic learning rate. Op determinism is
+on (the same seed gives the same model from one process to the next, at no measurable cost
+here); ``--no-deterministic`` turns it off. Writes ``examples/mnist_robust.keras`` (never over an
+existing file unless ``--overwrite``) and, just before it, a JSON history next to it; each is
+written to a temporary file and renamed, so a
 killed run never leaves half a file under its name.
 
 ``--checkpoint-dir DIR`` checkpoints every epoch (each phase in its own subfolder) and
@@ -126,10 +127,22 @@ def write_outputs(model: keras.Model, report: dict, out: Path) -> None:
             stream.write(staged.read_bytes())
 
 
+def cyclic(peak: float, total_steps: int, cycles: int = 1, warm: float = 0.4) -> PiecewiseLinear:
+    """``cycles`` triangles over ``total_steps``: each rises linearly from ``peak / 20`` to
+    ``peak`` over ``warm`` of its steps, then falls to zero (``cycles=1``: one-cycle)."""
+    length = max(2, total_steps // cycles)
+    top = max(1, int(warm * length))
+    boundaries, values = [], []
+    for cycle in range(cycles):
+        start = cycle * length + (1 if cycle else 0)  # a new cycle jumps back up a step later
+        boundaries += [start, cycle * length + top, (cycle + 1) * length]
+        values += [peak / 20, peak, 0.0]
+    return PiecewiseLinear(boundaries, values)
+
+
 def one_cycle(peak: float, total_steps: int, warm: float = 0.4) -> PiecewiseLinear:
     """Learning rate rising linearly to ``peak`` over ``warm`` of the steps, then to zero."""
-    top = max(1, int(warm * total_steps))
-    return PiecewiseLinear([0, top, max(top + 1, total_steps)], [peak / 20, peak, 0.0])
+    return cyclic(peak, total_steps, 1, warm)
 
 
 def main() -> None:
@@ -156,6 +169,7 @@ def main() -> None:
     )
     parser.add_argument("--train-eps", type=float, default=EPS)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (Adam)")
+    parser.add_argument("--lr-cycles", type=int, default=1, help="triangles (1: one-cycle)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--shift", type=int, default=2, help="random shift in pixels")
     parser.add_argument("--validation", type=int, default=500, help="digits for early stopping")
@@ -182,7 +196,7 @@ def main() -> None:
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     total_steps = (args.fast_epochs + args.epochs) * steps_per_epoch
     averaging = {"use_ema": True, "ema_momentum": args.ema} if args.ema is not None else {}
-    optimizer = keras.optimizers.Adam(one_cycle(args.lr, total_steps), **averaging)
+    optimizer = keras.optimizers.Adam(cyclic(args.lr, total_steps, args.lr_cycles), **averaging)
     # stronger than training's PGD-10, so the kept epoch is the robust one: APGD-CE, 20 steps
     validation_attack = APGD("linf", EPS, steps=20, loss="ce", seed=args.seed)
     progress = [ProgressLogger(every=0)]
