@@ -14,8 +14,7 @@ add GradAlign, adversarial weight perturbation and weight averaging to the main 
 on (the same seed gives the same model from one process to the next, at no measurable cost
 here); ``--no-deterministic`` turns it off. Writes ``examples/mnist_robust.keras`` (never over an
 existing file unless ``--overwrite``) and, just before it, a JSON history next to it; each is
-written to a temporary file and renamed, so a
-killed run never leaves half a file under its name.
+written to a temporary file and renamed, so a killed run never leaves half a file under its name.
 
 ``--checkpoint-dir DIR`` checkpoints every epoch (each phase in its own subfolder) and
 ``--resume`` continues a killed run from there: rerunning the same command gives the same
