@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--n-fgsm", action="store_true", help="warm up with N-FGSM, not FGSM-RS")
     parser.add_argument("--grad-align", type=float, default=0.0, help="GradAlign's λ (0: off)")
     parser.add_argument("--awp", type=float, default=None, help="AWP radius gamma, e.g. 5e-3")
-    parser.add_argument("--ema", type=float, default=None, help="EMA momentum, e.g. 0.999")
+    parser.add_argument("--ema", type=float, default=None, help="EMA momentum, e.g. 0.995")
     parser.add_argument(
         "--deterministic",
         action=argparse.BooleanOptionalAction,
