@@ -178,6 +178,8 @@ def main() -> None:
     parser.add_argument("--checkpoint-dir", default=None, help="checkpoint every epoch here")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     args = parser.parse_args()
+    if args.lr_cycles < 1:
+        parser.error(f"--lr-cycles must be >= 1, got {args.lr_cycles}")
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
