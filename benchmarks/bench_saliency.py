@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -35,6 +36,28 @@ from robustkit.models import load_classifier
 from robustkit.saliency import integrated_gradients, smoothgrad
 
 DEVICE = "CPU:0"
+
+
+def rgb_cnn(size: int = 64) -> keras.Model:
+    """A small RGB CNN on [size, size, 3] images, seeded weights: three 3x3 convolutions (16, 32,
+    64 channels, the last named last_conv) each with 2x2 max pooling, a dense layer of 64 and a
+    10-logit head."""
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu", name="last_conv"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, name="logits"),
+        ],
+        name="rgb_cnn",
+    )
 
 
 def timed(function) -> tuple[float, float]:

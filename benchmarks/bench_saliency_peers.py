@@ -70,7 +70,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
-from bench_saliency import DEVICE, compiled_limit, interleaved, ratios
+from bench_saliency import DEVICE, compiled_limit, interleaved, ratios, rgb_cnn
 
 from robustkit import saliency as rk
 from robustkit.errors import InputError
@@ -185,22 +185,7 @@ def rgb_cnn_setup(
     """A small RGB CNN (three 3x3 convolutions, max pooling, dense head; logits) trained here
     for two epochs (seeded, about 20 s) on the tinted digits ``train`` (disjoint from the
     compared ones); CAMs on its last convolution (12 x 12 x 64 at 64 x 64)."""
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((size, size, 3)),
-            keras.layers.Conv2D(16, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu", name="last_conv"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10, name="logits"),
-        ],
-        name="rgb_cnn",
-    )
+    model = rgb_cnn(size)
     model.compile(
         optimizer=keras.optimizers.Adam(2e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
