@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import tensorflow as tf
 
-from robustkit.attacks import APGD, Square, is_robust
+from robustkit.attacks import APGD, APGDT, Square, is_robust
 from robustkit.evaluation import evaluate
 from robustkit.io import from_uint8, load_mnist
 from robustkit.models import load_classifier
@@ -52,6 +52,7 @@ SINGLE_ATTACKS = {
         norm, eps, queries=args.queries, p_init=0.8, rescale_schedule=False, seed=args.seed
     ),
     "apgd-ce": lambda norm, eps, args: APGD(norm, eps, steps=100, seed=args.seed),
+    "apgd-t": lambda norm, eps, args: APGDT(norm, eps, steps=100, targets=9, seed=args.seed),
 }
 
 
@@ -88,6 +89,7 @@ def ours(
             "robust_accuracy": report.robust_accuracy[0],
             "clean_accuracy": report.clean_accuracy,
             "after_each_attack": {o.attack: o.robust_accuracy for o in report.outcomes},
+            "seconds_per_attack": {o.attack: o.wall_time_s for o in report.outcomes},
             "verification": report.verification,
             "seconds": seconds,
             "suite": suite,
@@ -127,6 +129,8 @@ def compare(name: str, mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str
         "seconds": mine["seconds"],
         "reference_seconds": theirs["seconds"]["total"],
         "time_ratio": mine["seconds"] / theirs["seconds"]["total"],
+        "after_each_attack": mine.get("after_each_attack"),
+        "seconds_per_attack": mine.get("seconds_per_attack"),
     }
     print(
         f"  robustkit {name:<14} {100 * row['robust_accuracy']:6.2f}%  reference "
