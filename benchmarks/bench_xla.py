@@ -8,9 +8,10 @@ with oneDNN kernels) and with XLA, on three model shapes, in interleaved rounds 
 bench_saliency.py), and prints ms per batch and the ratio XLA / plain by wall and CPU time
 (median over rounds; above 1 means XLA is slower). The two gradients are compared too.
 
-Models: examples/mnist_cnn.keras (28x28x1), the RGB CNN of bench_saliency_peers.py (64x64x3,
-random seeded weights: speed does not depend on training) and MobileNetV2 at 64x64x3
-(``weights=None``). Run from the repository root:  python benchmarks/bench_xla.py
+Models: examples/mnist_cnn.keras (28x28x1), the RGB CNN that bench_saliency_peers.py trains
+(``bench_saliency.rgb_cnn``, 64x64x3, here with its untrained seeded weights: speed does not
+depend on training) and MobileNetV2 at 64x64x3 (``weights=None``).
+Run from the repository root:  python benchmarks/bench_xla.py
 """
 
 from __future__ import annotations
