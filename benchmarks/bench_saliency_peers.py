@@ -12,7 +12,8 @@ Same models, same images, same targets and the same options on every side, in on
   bench_saliency.py), ratio ours / peer per method and model (median over rounds, by wall and
   by CPU time); for the perturbation methods (occlusion, RISE) also the ratio to the compiled
   forward-pass limit, the same number of forward passes on batches of the same size, and for
-  the gradient methods (gradient, gradient x input, guided backpropagation, SmoothGrad, IG) to
+  the gradient methods (gradient, gradient x input, guided backpropagation, SmoothGrad,
+  SquareGrad, VarGrad, IG) to
   the compiled forward+backward limit: one compiled input gradient of the target logit per
   batch of BATCH of the method's points (images x samples or steps), on the same images and
   targets (guided backpropagation: its guided gradient).
@@ -20,8 +21,8 @@ Same models, same images, same targets and the same options on every side, in on
   as IG steps, SmoothGrad samples and RISE masks grow (robustkit and Xplique).
 
 Without a part flag all three run; ``--agreement-only``, ``--speed-only``, ``--memory-only``
-pick one. Stochastic methods (SmoothGrad, RISE, KernelSHAP, LIME: random draws the peers cannot
-be given) are in the speed and memory parts only, at equal work.
+pick one. Stochastic methods (SmoothGrad, SquareGrad, VarGrad, RISE, KernelSHAP, LIME: random
+draws the peers cannot be given) are in the speed and memory parts only, at equal work.
 
 Models: examples/mnist_cnn.keras on MNIST test digits 8000.. (28x28x1), and a small RGB CNN at
 64x64x3 on the same digits resized and tinted, trained here for 20 s on test digits 0..7999
@@ -102,6 +103,8 @@ try:
         Rise,
         Saliency,
         SmoothGrad,
+        SquareGrad,
+        VarGrad,
     )
     from xplique.metrics import Deletion, MuFidelity
 except ImportError as error:  # the peers live in their own venv, see the docstring
@@ -236,7 +239,7 @@ class Ours:
         options: dict[str, Any] = {"internal_batch_size": BATCH}
         if method == "integrated_gradients":
             options |= {"steps": o.steps, "rule": "riemann_trapezoid", "baseline": "black"}
-        elif method == "smoothgrad":
+        elif method in NOISY_GRADIENT_METHODS:
             options |= {"samples": o.samples, "noise": o.noise}
         elif method in ("grad_cam", "grad_cam_plus_plus", "layer_cam"):
             options |= {"layer": s.layer}
@@ -287,6 +290,8 @@ XPLIQUE_METHODS = (
     "guided_backprop",
     "integrated_gradients",
     "smoothgrad",
+    "square_grad",
+    "vargrad",
     "grad_cam",
     "grad_cam_plus_plus",
     "occlusion",
@@ -308,6 +313,8 @@ def xplique_explainer(setup: Setup, method: str) -> Any:
             m, batch_size=BATCH, steps=o.steps, baseline_value=0.0
         ),
         "smoothgrad": lambda: SmoothGrad(m, batch_size=BATCH, nb_samples=o.samples, noise=o.noise),
+        "square_grad": lambda: SquareGrad(m, batch_size=BATCH, nb_samples=o.samples, noise=o.noise),
+        "vargrad": lambda: VarGrad(m, batch_size=BATCH, nb_samples=o.samples, noise=o.noise),
         "grad_cam": lambda: GradCAM(m, batch_size=BATCH, conv_layer=s.layer),
         "grad_cam_plus_plus": lambda: GradCAMPP(m, batch_size=BATCH, conv_layer=s.layer),
         "occlusion": lambda: Occlusion(
@@ -740,6 +747,8 @@ SPEED_METHODS = (
     "guided_backprop",
     "integrated_gradients",
     "smoothgrad",
+    "square_grad",
+    "vargrad",
     "grad_cam",
     "grad_cam_plus_plus",
     "layer_cam",
@@ -750,12 +759,13 @@ SPEED_METHODS = (
     "lime",
 )
 
+NOISY_GRADIENT_METHODS = ("smoothgrad", "square_grad", "vargrad")  # noisy copies, one gradient each
 GRADIENT_METHODS = (
     "gradient",
     "gradient_x_input",
     "guided_backprop",
     "integrated_gradients",
-    "smoothgrad",
+    *NOISY_GRADIENT_METHODS,
 )
 
 
@@ -776,8 +786,10 @@ def gradient_limit(setup: Setup, method: str, n: int) -> Callable[[], None]:
     batches of BATCH, the last one partial, each one compiled input gradient of the target
     logit at its images x[t // M] (unperturbed: the same cost) and targets; guided
     backpropagation's guided gradient for it."""
-    per_image = {"smoothgrad": setup.options.samples, "integrated_gradients": setup.options.steps}
-    m = per_image.get(method, 1)
+    if method in NOISY_GRADIENT_METHODS:
+        m = setup.options.samples
+    else:
+        m = setup.options.steps if method == "integrated_gradients" else 1
     full, rest = divmod(n * m, BATCH)
     taped = guided_input_gradients if method == "guided_backprop" else input_gradients
     limits = []
@@ -793,11 +805,13 @@ def gradient_limit(setup: Setup, method: str, n: int) -> Callable[[], None]:
     return lambda: [limit() for limit in limits]
 
 
-def speed_rows(setup: Setup, ours: Ours, peers: Peers, images: int, rounds: int) -> list[dict]:
+def speed_rows(
+    setup: Setup, ours: Ours, peers: Peers, images: int, rounds: int, methods: tuple[str, ...]
+) -> list[dict]:
     """Images/s of each side per method in interleaved rounds, and the ratios."""
     x, target, onehot = setup.x[:images], setup.target[:images], setup.onehot[:images]
     rows = []
-    for method in SPEED_METHODS:
+    for method in methods:
         runs: dict[str, Callable[[], object]] = {
             "robustkit": lambda m=method: ours.run(m, x, target)
         }
@@ -1000,6 +1014,11 @@ def main() -> None:
     )
     parser.add_argument("--images", type=int, default=32, help="images per model and part")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved speed rounds")
+    parser.add_argument(
+        "--methods",
+        default=",".join(SPEED_METHODS),
+        help="comma list of the methods the speed part times (default: all of them)",
+    )
     part = parser.add_mutually_exclusive_group()
     part.add_argument("--agreement-only", action="store_true")
     part.add_argument("--speed-only", action="store_true")
@@ -1011,6 +1030,10 @@ def main() -> None:
     parser.add_argument("--rise-masks", type=int, default=Options.rise_masks)
     parser.add_argument("--coalitions", type=int, default=Options.coalitions)
     args = parser.parse_args()
+    speed_methods = tuple(args.methods.split(","))
+    unknown = sorted(set(speed_methods) - set(SPEED_METHODS))
+    if unknown:
+        parser.error(f"unknown --methods {unknown}; choose from {', '.join(SPEED_METHODS)}")
     keras.utils.disable_interactive_logging()  # tf-keras-vis's ScoreCAM calls model.predict
 
     options = Options(
@@ -1062,7 +1085,9 @@ def main() -> None:
             report["mu_fidelity"] += mu_fidelity_rows(setup, maps)
             report["deletion"] += deletion_rows(setup, maps)
         if everything or args.speed_only:
-            report["speed"] += speed_rows(setup, ours, peers, args.images, args.rounds)
+            report["speed"] += speed_rows(
+                setup, ours, peers, args.images, args.rounds, speed_methods
+            )
         if everything or args.memory_only:
             report["memory"] += memory_rows(setup, args.memory_images)
     print_markdown(report)
