@@ -22,6 +22,7 @@ import tensorflow as tf
 from robustkit.errors import InputError, RobustkitWarning
 from robustkit.model_files import load_keras_model
 from robustkit.model_heads import logits_view
+from robustkit.tracing import compile_with_signature
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ class Classifier:
         x = self.validate_images(x)
         if not hasattr(self, "_compiled_logits"):
             signature = [tf.TensorSpec((None, *self.input_shape), tf.float32)]
-            self._compiled_logits = tf.function(self.logits, input_signature=signature)
+            self._compiled_logits = compile_with_signature(self.logits, signature)
         chunks = [
             self._compiled_logits(x[i : i + batch_size]).numpy()
             for i in range(0, int(x.shape[0]), batch_size)

@@ -30,6 +30,7 @@ from robustkit.attacks.search import AttackTensors, SearchState, is_success, kee
 from robustkit.errors import InputError
 from robustkit.models import Classifier, check_classifier
 from robustkit.norms import Norm, l2_distance, linf_distance, make_norm
+from robustkit.tracing import compile_with_signature
 
 TARGET_MODES = ("least-likely", "random")
 
@@ -223,7 +224,7 @@ class Attack:
             tf.TensorSpec((None, 2), tf.int32),
             tf.TensorSpec((), tf.float32),
         ]
-        functions[target_mode] = tf.function(attack_batch, input_signature=signature)
+        functions[target_mode] = compile_with_signature(attack_batch, signature)
         return functions[target_mode]
 
     def __call__(

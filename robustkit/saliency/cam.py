@@ -32,6 +32,7 @@ from robustkit.saliency.engine import (
     sum_over_points,
 )
 from robustkit.saliency.gradcam import cam_attribution, feature_map_layer, require_feature_map
+from robustkit.tracing import compile_with_signature
 
 
 def grad_cam_plus_plus_rule(activation: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
@@ -169,7 +170,7 @@ def _score_cam_function(
 
     spec = image_spec(classifier)
     signature = [spec, spec, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((), tf.int32)]
-    return tf.function(run, input_signature=signature)
+    return compile_with_signature(run, signature)
 
 
 def score_cam(

@@ -32,6 +32,7 @@ from robustkit.saliency.engine import (
 )
 from robustkit.saliency.registry import get_method
 from robustkit.saliency.render import reduce_channels
+from robustkit.tracing import compile_with_signature
 
 TRUNCATION = 2.0  # randomized weights are normal draws cut at 2 standard deviations
 
@@ -297,7 +298,7 @@ def _curve_function(classifier: Classifier) -> Any:
         tf.TensorSpec((None,), tf.int32),
         tf.TensorSpec((), tf.int32),
     ]
-    return tf.function(run, input_signature=signature)
+    return compile_with_signature(run, signature)
 
 
 def _area(curves: np.ndarray, fractions: np.ndarray) -> np.ndarray:

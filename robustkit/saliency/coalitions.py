@@ -42,6 +42,7 @@ from robustkit.saliency.masks import (
     patch_shape,
     shapley_coalitions,
 )
+from robustkit.tracing import compile_with_signature
 
 Coalitions = Callable[..., tf.Tensor]  # (seed, first_index, image, sample, counts, F) -> bool
 
@@ -105,7 +106,7 @@ def _coalition_function(
         SCALAR_FLOAT,
         SCALAR_INT,
     ]
-    return tf.function(run, input_signature=signature)
+    return compile_with_signature(run, signature)
 
 
 def _fit_coalitions(

@@ -31,6 +31,7 @@ from robustkit.saliency.engine import (
     prepare_inputs,
     sum_over_points,
 )
+from robustkit.tracing import compile_with_signature
 
 CONV_LAYER_TYPES = (
     keras.layers.Conv2D,
@@ -135,7 +136,7 @@ def _cam_function(
         tf.TensorSpec((None,), tf.int32),
         tf.TensorSpec((), tf.int32),
     ]
-    return tf.function(run, input_signature=signature)
+    return compile_with_signature(run, signature)
 
 
 def cam_attribution(

@@ -41,6 +41,7 @@ from robustkit.saliency.engine import (
 )
 from robustkit.saliency.masks import point_keys
 from robustkit.saliency.quadrature import quadrature
+from robustkit.tracing import compile_with_signature
 
 AGGREGATIONS = ("mean", "abs", "square", "vargrad")
 # The per-image sums over noisy copies each SmoothGrad aggregation needs, and their summands.
@@ -83,7 +84,7 @@ def _gradient_function(classifier: Classifier, objective: LossFunction, guided: 
         return gradient, logits, targets, objective(logits, targets)
 
     signature = [image_spec(classifier), tf.TensorSpec((None,), tf.int32), SCALAR_INT]
-    return tf.function(run, input_signature=signature)
+    return compile_with_signature(run, signature)
 
 
 def _path_function(classifier: Classifier, objective: LossFunction, baseline_score: bool) -> Any:
@@ -121,7 +122,7 @@ def _path_function(classifier: Classifier, objective: LossFunction, baseline_sco
         tf.TensorSpec((None,), tf.int32),
         tf.TensorSpec((), tf.int32),
     ]
-    return tf.function(run, input_signature=signature)
+    return compile_with_signature(run, signature)
 
 
 def _noise_function(classifier: Classifier, objective: LossFunction, sums: tuple[str, ...]) -> Any:
@@ -155,7 +156,7 @@ def _noise_function(classifier: Classifier, objective: LossFunction, sums: tuple
         tf.TensorSpec((None,), tf.int32),
         tf.TensorSpec((), tf.int32),
     ]
-    return tf.function(run, input_signature=signature)
+    return compile_with_signature(run, signature)
 
 
 def _integrate(

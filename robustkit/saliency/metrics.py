@@ -43,6 +43,7 @@ from robustkit.saliency.engine import (
 from robustkit.saliency.masks import feature_labels, patch_shape, point_keys, random_subsets
 from robustkit.saliency.registry import get_method
 from robustkit.saliency.render import reduce_channels
+from robustkit.tracing import compile_with_signature
 
 
 @dataclass
@@ -127,7 +128,7 @@ def _fidelity_function(classifier: Classifier, objective: LossFunction) -> Any:
         *SEED_SPECS,
         SCALAR_INT,
     ]
-    return tf.function(run, input_signature=signature)
+    return compile_with_signature(run, signature)
 
 
 def _variance(mean_square: np.ndarray, mean: np.ndarray) -> np.ndarray:

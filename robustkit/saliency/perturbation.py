@@ -39,6 +39,7 @@ from robustkit.saliency.engine import (
     sum_over_points,
 )
 from robustkit.saliency.masks import patch_shape, rise_draws, rise_mask_factors, shared_keys
+from robustkit.tracing import compile_with_signature
 
 
 def _window_cover(count: tf.Tensor, stride: tf.Tensor, patch: tf.Tensor, size: int) -> tf.Tensor:
@@ -115,7 +116,7 @@ def _occlusion_function(classifier: Classifier, objective: LossFunction) -> Any:
         SCALAR_INT,
         SCALAR_INT,
     ]
-    return tf.function(run, input_signature=signature)
+    return compile_with_signature(run, signature)
 
 
 def occlusion(
@@ -240,7 +241,7 @@ def _rise_function(classifier: Classifier, objective: LossFunction) -> Any:
         *SEED_SPECS,
         SCALAR_INT,
     ]
-    return tf.function(run, input_signature=signature)
+    return compile_with_signature(run, signature)
 
 
 def rise(

@@ -33,6 +33,7 @@ from robustkit.saliency.engine import (
     sum_over_points,
 )
 from robustkit.saliency.masks import point_keys
+from robustkit.tracing import compile_with_signature
 
 NEIGHBOUR_WEIGHTS = np.array([[1, 2, 1], [2, 0, 2], [1, 2, 1]]) / 12.0
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -173,7 +174,7 @@ def _road_function(classifier: Classifier) -> Any:
         *SEED_SPECS,
         SCALAR_INT,
     ]
-    return tf.function(run, input_signature=signature)
+    return compile_with_signature(run, signature)
 
 
 def road(

@@ -25,6 +25,7 @@ from robustkit.attacks import PGD
 from robustkit.errors import InputError, RobustkitError
 from robustkit.losses import cross_entropy
 from robustkit.models import Classifier
+from robustkit.tracing import compile_with_signature
 from robustkit.training.awp import WeightPerturbation
 from robustkit.training.methods import (
     InferenceView,
@@ -151,7 +152,7 @@ class TrainingStep:
         tensor argument, so an eps ramp over the epochs reuses one trace."""
         if spec not in self._functions:
             signature = [spec, tf.TensorSpec((), tf.float32)]
-            self._functions[spec] = tf.function(self._step, input_signature=signature)
+            self._functions[spec] = compile_with_signature(self._step, signature)
         return self._functions[spec]
 
     def _step(self, batch: tuple[Any, Any], eps: tf.Tensor) -> None:

@@ -54,6 +54,21 @@ def test_adversarials_found_by_the_checks_lower_the_headline() -> None:
     assert report.check(8).details["adaptive_attacks"] == ["apgd-ce", "apgd-dlr"]
 
 
+def test_two_whole_suites_log_no_retracing_warning(caplog) -> None:
+    """Each attack's function traces once per classifier. TensorFlow counts traces per Python
+    code object and warns "triggered tf.function retracing" once five of the recent calls
+    traced, so the suite's attacks, all built by one driver, must not count as one function:
+    two evaluations of two classifiers (eps 0.02: every attack runs) trace 8 functions."""
+    x, y = quadrant_data(16, seed=7)
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        for _ in range(2):
+            report = evaluate(
+                healthy(), (x, y), Linf(0.02), suite="standard", batch_size=8, checks=None
+            )
+            assert [o.robust_accuracy for o in report.outcomes] == [1.0] * 4
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
 def test_an_eps_sweep_traces_each_attack_once() -> None:
     built = []
 

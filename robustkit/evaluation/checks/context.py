@@ -27,6 +27,7 @@ from robustkit.evaluation.suites import SuiteAttack
 from robustkit.gradients import input_gradients
 from robustkit.models import Classifier
 from robustkit.norms import Norm, make_norm
+from robustkit.tracing import compile_with_signature
 
 CheckProgress = Callable[[str, float | None, int, int], None]  # (check, eps, done, total)
 
@@ -220,13 +221,12 @@ def _fgsm_step(classifier: Classifier, norm: Norm) -> Callable[..., tf.Tensor]:
         tf.TensorSpec((), tf.float32),
     ]
 
-    @tf.function(input_signature=signature)
     def step(x: tf.Tensor, y: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
         gradient = input_gradients(classifier, x, y, loss="ce").gradient
         delta = norm.project(eps * norm.step_direction(gradient), eps)
         return tf.clip_by_value(x + delta, *classifier.bounds)
 
-    return step
+    return compile_with_signature(step, signature)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from robustkit.evaluation.checks.measurements import (
 )
 from robustkit.gradients import input_gradients
 from robustkit.models import looks_like_probabilities
+from robustkit.tracing import compile_with_signature
 
 
 def measure_probabilities(context: CheckContext) -> ProbabilityMeasurements:
@@ -47,7 +48,6 @@ def measure_zero_gradients(context: CheckContext) -> GradientMeasurements:
         tf.TensorSpec((None,), tf.int32),
     ]
 
-    @tf.function(input_signature=signature)
     def gradient_sizes(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, ...]:
         sizes = []
         for loss in ("margin", "ce"):
@@ -60,11 +60,12 @@ def measure_zero_gradients(context: CheckContext) -> GradientMeasurements:
             ]
         return tuple(sizes)
 
+    compiled_sizes = compile_with_signature(gradient_sizes, signature)
     idx, size = data.subsample, data.batch_size
     parts = [
         [
             t.numpy()
-            for t in gradient_sizes(
+            for t in compiled_sizes(
                 data.x[idx[i : i + size]], data.y[idx[i : i + size]].astype(np.int32)
             )
         ]
