@@ -2,6 +2,8 @@
 across radii, adversarials found by checks count, one trace for an eps sweep, and ball
 tolerances at the bounds' own scale."""
 
+from dataclasses import replace
+
 import keras
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from eval_helpers import healthy, quadrant_data, trained_mlp
 from robustkit.attacks import APGD, FGSM, PGD
 from robustkit.evaluation import SuiteAttack, evaluate
 from robustkit.evaluation.cascade import within_ball
+from robustkit.evaluation.suites import standard_suite
 from robustkit.models import Classifier
 from robustkit.norms import Linf
 
@@ -58,14 +61,29 @@ def test_two_whole_suites_log_no_retracing_warning(caplog) -> None:
     """Each attack's function traces once per classifier. TensorFlow counts traces per Python
     code object and warns "triggered tf.function retracing" once five of the recent calls
     traced, so the suite's attacks, all built by one driver, must not count as one function:
-    two evaluations of two classifiers (eps 0.02: every attack runs) trace 8 functions."""
+    two evaluations of two classifiers (eps 0.02: every attack runs) trace 8 functions, each
+    exactly once over two batches."""
     x, y = quadrant_data(16, seed=7)
+    built = []
+
+    def recorded(factory):
+        def build(norm, **options):
+            built.append(factory(norm, **options))
+            return built[-1]
+
+        return build
+
+    suite = [replace(entry, factory=recorded(entry.factory)) for entry in standard_suite()]
     with caplog.at_level("WARNING", logger="tensorflow"):
         for _ in range(2):
+            classifier = healthy()
             report = evaluate(
-                healthy(), (x, y), Linf(0.02), suite="standard", batch_size=8, checks=None
+                classifier, (x, y), Linf(0.02), suite=suite, batch_size=8, checks=None
             )
             assert [o.robust_accuracy for o in report.outcomes] == [1.0] * 4
+            counts = [a.compiled(classifier, None).experimental_get_tracing_count() for a in built]
+            assert counts == [1, 1, 1, 1]
+            built.clear()
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
 
 
